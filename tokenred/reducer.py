@@ -1,0 +1,95 @@
+"""The :class:`TokenReducer` interface and its config base class.
+
+A reducer is a pure tensor function of (tokens, context, config): it must not mutate
+its inputs, touch the global RNG, call model code, read files or environment
+variables, print, or keep state between calls. Everything else (where it runs,
+positions, masks, the KV cache, measurement) belongs to the framework.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
+
+from tokenred.tokens import Need, PositionPolicy, Stage
+
+if TYPE_CHECKING:
+    from tokenred.tokens import ReduceContext, Reduction, VisualTokens
+
+
+@dataclass
+class ReducerConfig:
+    """Base class of every reducer's typed config.
+
+    Subclasses add their own fields, each with ``metadata={"help": ...}``; the CLI
+    help and the docs are generated from that metadata.
+    """
+
+    name: str = field(default="none", metadata={"help": "registered reducer name"})
+
+
+class TokenReducer(ABC):
+    """Base class of all visual-token reducers.
+
+    Subclasses set the class attributes below and implement :meth:`reduce`. The first
+    line of the class docstring is the one-line description ``tokenred list`` shows.
+    """
+
+    name: ClassVar[str]
+    """Registry id, matching ``^[a-z][a-z0-9_]*$``."""
+    Config: ClassVar[type[ReducerConfig]] = ReducerConfig
+    """Typed config dataclass (a subclass of :class:`ReducerConfig`)."""
+    stages: ClassVar[frozenset[Stage]] = frozenset({Stage.PRE_LLM, Stage.IN_LLM})
+    """Insertion stages the reducer supports."""
+    needs: ClassVar[frozenset[Need]] = frozenset()
+    """Optional context the reducer needs (attention scores, query, keys)."""
+    exact_budget: ClassVar[bool] = True
+    """True when the output always has exactly ``min(budget, N)`` tokens."""
+    query_agnostic: ClassVar[bool] = True
+    """True when the output does not depend on the text query (KV-cache reuse)."""
+    position_policy: ClassVar[PositionPolicy] = PositionPolicy.SURVIVE
+    """Preferred position policy on 1-D RoPE models (M-RoPE adapters fall back to
+    ``survive`` where ``reassign`` is meaningless)."""
+    paper: ClassVar[str] = ""
+    """URL of the paper."""
+    reference: ClassVar[str] = ""
+    """URL@commit of the reference implementation."""
+
+    def __init__(self, config: ReducerConfig | None = None) -> None:
+        """Store the typed config (defaults when None)."""
+        self.config = config if config is not None else self.Config(name=self.name)
+
+    @classmethod
+    def description(cls) -> str:
+        """Return the first line of the class docstring."""
+        doc = (cls.__doc__ or "").strip()
+        return doc.splitlines()[0].strip() if doc else ""
+
+    @classmethod
+    def metadata(cls) -> dict[str, object]:
+        """Return the declared metadata as plain JSON-ready values."""
+        return {
+            "name": cls.name,
+            "description": cls.description(),
+            "stages": sorted(s.value for s in cls.stages),
+            "needs": sorted(n.value for n in cls.needs),
+            "exact_budget": cls.exact_budget,
+            "query_agnostic": cls.query_agnostic,
+            "position_policy": cls.position_policy.value,
+            "paper": cls.paper,
+            "reference": cls.reference,
+            "config": cls.Config.__name__,
+        }
+
+    @abstractmethod
+    def reduce(self, tokens: VisualTokens, ctx: ReduceContext) -> Reduction:
+        """Reduce one sample's visual tokens to at most ``ctx.budget`` tokens.
+
+        Args:
+            tokens: ``N`` visual tokens with coordinates and sizes.
+            ctx: Budget, stage, generator and any declared needs.
+
+        Returns:
+            The reduced tokens, ordered by earliest source, and the assignment.
+        """
