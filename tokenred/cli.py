@@ -1,0 +1,450 @@
+"""The ``tokenred`` command: run, list, plugins, check and report.
+
+:func:`main` works in-process (tests call it with ``argv``). It loads the plugins,
+lets them add subcommands, and maps every :class:`~tokenred.errors.TokenredError` to
+one ``error: ...`` line on stderr and the error's exit code. This is the only place
+that configures logging.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import logging
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tokenred.errors import ExitCode, TokenredError, UsageError
+from tokenred.plugins import TokenredPluginManager, get_plugin_manager
+from tokenred.registry import Entry, Registries
+
+log = logging.getLogger(__name__)
+
+HELP_WIDTH = 88
+EPILOG = """\
+examples:
+  tokenred list reducers                       installed reducers and what they need
+  tokenred run --reducer sttm --budget 0.3 --dry-run
+                                               print the resolved config, run nothing
+  tokenred run --reducer random --budget 64 data.limit=10
+  tokenred run -c experiments/main_table.yaml  every run of a study (its sweep)
+  tokenred check my_reducer                    run the contract suite on a reducer
+  tokenred report runs/main_table --out reports/main_table
+  tokenred --disable-plugin sttm plugins       list plugins with one disabled
+"""
+LIST_KINDS = ("reducers", "models", "datasets")
+
+
+def _formatter(prog: str) -> argparse.HelpFormatter:
+    # A fixed width keeps the help identical on every terminal (docs/cli.md).
+    return argparse.RawDescriptionHelpFormatter(prog, width=HELP_WIDTH)
+
+
+@dataclass
+class Session:
+    """What one ``tokenred`` invocation shares between its commands."""
+
+    pm: TokenredPluginManager
+    _registries: Registries | None = field(default=None, repr=False)
+
+    @property
+    def registries(self) -> Registries:
+        """Build the registries on first use (calls the plugins' register hooks)."""
+        if self._registries is None:
+            self._registries = Registries.from_plugin_manager(self.pm)
+        return self._registries
+
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _global_flags(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    """Add the global flags; subcommand copies leave unset values alone."""
+    group = parser.add_argument_group("global options")
+
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if suppress else value
+
+    group.add_argument(
+        "--disable-plugin",
+        action="append",
+        metavar="NAME",
+        default=default([]),
+        help="skip a plugin by name (repeatable; also TOKENRED_DISABLE_PLUGINS=a,b)",
+    )
+    group.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=default(0),
+        help="more log output (-vv for debug)",
+    )
+    group.add_argument(
+        "--traceback",
+        action="store_true",
+        default=default(False),
+        help="show the full traceback of errors",
+    )
+
+
+def build_parser(session: Session) -> argparse.ArgumentParser:
+    """Build the parser with the builtin commands and those of plugins."""
+    from tokenred import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="tokenred",
+        description="Compare visual-token reducers for video LLMs on equal terms.",
+        epilog=EPILOG,
+        formatter_class=_formatter,
+    )
+    parser.add_argument("--version", action="version", version=__version__)
+    _global_flags(parser, suppress=False)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    add = functools.partial(_add_command, sub)
+    _run_command(add("run", "run experiments (or print them with --dry-run)"), session)
+    _list_command(add("list", "list registered reducers, models or datasets"), session)
+    _plugins_command(add("plugins", "list loaded and failed plugins"), session)
+    _check_command(add("check", "run the reducer contract suite"), session)
+    _report_command(add("report", "tables and figures from run stores"))
+    session.pm.hook.register_commands(subparsers=sub)
+    return parser
+
+
+def _add_command(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name, help=help_text, description=help_text, formatter_class=_formatter
+    )
+    _global_flags(parser, suppress=True)
+    return parser
+
+
+def _run_command(p: argparse.ArgumentParser, session: Session) -> None:
+    cfg = p.add_argument_group("configuration (later wins: files < flags < KEY=VALUE)")
+    cfg.add_argument(
+        "-c",
+        "--config",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="experiment or study YAML (repeatable, merged in order)",
+    )
+    cfg.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="dotted overrides, e.g. reducer.name=random data.limit=10",
+    )
+    short = p.add_argument_group("shorthands")
+    short.add_argument("--reducer", metavar="NAME", help="reducer.name")
+    short.add_argument("--model", metavar="NAME", help="model.name")
+    short.add_argument("--data", metavar="NAME", help="data.name")
+    short.add_argument(
+        "--budget",
+        metavar="B",
+        help="a fraction in (0, 1] sets budget.ratio; an integer sets budget.tokens",
+    )
+    ex = p.add_argument_group("execution")
+    ex.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print every resolved config as YAML and exit",
+    )
+    p.set_defaults(func=functools.partial(_cmd_run, session))
+
+
+def _list_command(p: argparse.ArgumentParser, session: Session) -> None:
+    p.add_argument("kind", choices=LIST_KINDS, help="what to list")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=functools.partial(_cmd_list, session))
+
+
+def _plugins_command(p: argparse.ArgumentParser, session: Session) -> None:
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=functools.partial(_cmd_plugins, session))
+
+
+def _check_command(p: argparse.ArgumentParser, session: Session) -> None:
+    p.add_argument("name", metavar="NAME", help="registered reducer name")
+    p.add_argument("--device", default="cpu", help="device of the synthetic inputs")
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=("float32", "bfloat16", "float16"),
+        help="dtype of the synthetic features",
+    )
+    p.set_defaults(func=functools.partial(_cmd_check, session))
+
+
+def _report_command(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run store(s)")
+    p.add_argument("--out", metavar="DIR", help="output directory")
+    p.set_defaults(func=_cmd_report)
+
+
+# --------------------------------------------------------------------------- commands
+def _cmd_run(session: Session, args: argparse.Namespace) -> int:
+    from tokenred.config import load_study, to_yaml
+
+    study = load_study(
+        args.config,
+        reducer=args.reducer,
+        model=args.model,
+        data=args.data,
+        budget=args.budget,
+        overrides=args.overrides,
+        registries=session.registries,
+    )
+    if args.dry_run:
+        total = len(study.experiments)
+        for i, (cfg, point) in enumerate(zip(study.experiments, study.points), 1):
+            if i > 1:
+                print("---")
+            swept = " ".join(f"{k}={v}" for k, v in point.items())
+            print(f"# run {i}/{total}" + (f": {swept}" if swept else ""))
+            print(to_yaml(cfg), end="")
+        return int(ExitCode.OK)
+    try:
+        from tokenred.runner import run_from_cli
+    except ModuleNotFoundError as exc:
+        if exc.name != "tokenred.runner":
+            raise
+        msg = (
+            "this installation has no runner (tokenred.runner is missing); "
+            "use --dry-run to check the config"
+        )
+        raise UsageError(msg) from None
+    return int(run_from_cli(study, session.registries, session.pm))
+
+
+def _origin(entry: Entry[Any]) -> dict[str, Any]:
+    return {
+        "plugin": entry.plugin,
+        "distribution": entry.dist,
+        "version": entry.version,
+        "aliases": list(entry.aliases),
+    }
+
+
+def _reducer_row(entry: Entry[Any]) -> dict[str, Any]:
+    from tokenred._configdoc import describe_fields
+
+    cls = entry.load()
+    row: dict[str, Any] = {**cls.metadata(), **_origin(entry)}
+    row["options"] = [
+        f.as_dict()
+        for f in describe_fields(cls.Config, "reducer.")
+        if f.key != "reducer.name"
+    ]
+    return row
+
+
+def _class_row(entry: Entry[Any], attrs: Sequence[str]) -> dict[str, Any]:
+    cls = entry.load()
+    doc = (cls.__doc__ or "").strip()
+    row: dict[str, Any] = {"name": entry.name}
+    row["description"] = doc.splitlines()[0] if doc else ""
+    for attr in attrs:
+        value = getattr(cls, attr, None)
+        if isinstance(value, frozenset | set):
+            value = sorted(getattr(v, "value", v) for v in value)
+        row[attr] = value
+    return {**row, **_origin(entry)}
+
+
+def _rows(session: Session, kind: str) -> list[dict[str, Any]]:
+    regs = session.registries
+    rows = []
+    for entry in getattr(regs, kind):
+        try:
+            if kind == "reducers":
+                rows.append(_reducer_row(entry))
+            elif kind == "models":
+                rows.append(_class_row(entry, ("stages", "rope")))
+            else:
+                rows.append(_class_row(entry, ("homepage",)))
+        except TokenredError as exc:
+            rows.append({"name": entry.name, "error": str(exc), **_origin(entry)})
+    return rows
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def _where(row: dict[str, Any]) -> str:
+    dist = row.get("distribution")
+    return f"{dist} {row.get('version')}" if dist else str(row.get("plugin"))
+
+
+def _cmd_list(session: Session, args: argparse.Namespace) -> int:
+    rows = _rows(session, args.kind)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return int(ExitCode.OK)
+    if not rows:
+        print(f"no {args.kind} registered")
+        return int(ExitCode.OK)
+    if args.kind == "reducers":
+        head = ["NAME", "STAGES", "NEEDS", "EXACT", "QUERY-AGN.", "POSITIONS"]
+        keys = ["stages", "needs", "exact_budget", "query_agnostic", "position_policy"]
+    elif args.kind == "models":
+        head, keys = ["NAME", "STAGES", "ROPE"], ["stages", "rope"]
+    else:
+        head, keys = ["NAME", "HOMEPAGE"], ["homepage"]
+    table = [[*head, "FROM", "DESCRIPTION"]]
+    for row in rows:
+        if "error" in row:
+            table.append([row["name"], *["?"] * len(keys), _where(row), row["error"]])
+            continue
+        cells = [_cell(row.get(k)) for k in keys]
+        table.append([row["name"], *cells, _where(row), row["description"]])
+    print(_table(table))
+    return int(ExitCode.OK)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value) or "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return "-" if value is None else str(value)
+
+
+def _cmd_plugins(session: Session, args: argparse.Namespace) -> int:
+    _ = session.registries  # registration failures count as failed plugins
+    rows = session.pm.plugin_rows()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return int(ExitCode.OK)
+    table = [["NAME", "STATUS", "DISTRIBUTION", "HOOKS / ERROR"]]
+    for r in rows:
+        dist = f"{r['distribution']} {r['version']}" if r["distribution"] else "-"
+        detail = r["error"] if r["status"] == "failed" else ",".join(r["hooks"])
+        table.append([r["name"], r["status"].upper(), dist, detail or "-"])
+    print(_table(table))
+    return int(ExitCode.OK)
+
+
+def _cmd_check(session: Session, args: argparse.Namespace) -> int:
+    import torch
+
+    from tokenred.testing import check_reducer
+
+    entry = session.registries.reducers.entry(args.name)
+    print(f"contract suite for reducer '{entry.name}' from {entry.origin()}")
+    results = check_reducer(
+        entry.load(), device=args.device, dtype=getattr(torch, args.dtype)
+    )
+    for result in results:
+        print(result.line())
+    failed = sum(not r.passed for r in results)
+    print(f"{len(results) - failed} passed, {failed} failed")
+    return int(ExitCode.RUN_FAILED if failed else ExitCode.OK)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    try:
+        from tokenred.report import main_report
+    except ModuleNotFoundError as exc:
+        if exc.name != "tokenred.report":
+            raise
+        msg = "this installation has no report module (tokenred.report is missing)"
+        raise UsageError(msg) from None
+    return int(main_report(args.run_dirs, out=args.out) or 0)
+
+
+# ------------------------------------------------------------------------------ main
+class _Formatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {record.getMessage()}"
+
+
+def _pre_parse(argv: Sequence[str]) -> argparse.Namespace:
+    """Read the global flags wherever they are, before plugins load."""
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    _global_flags(pre, suppress=False)
+    known, _ = pre.parse_known_args(list(argv))
+    return known
+
+
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
+    args, extra = parser.parse_known_args(list(argv))
+    # KEY=VALUE overrides may follow options; argparse leaves those in `extra`.
+    if getattr(args, "command", None) == "run":
+        items = [e for e in extra if "=" in e and not e.startswith("-")]
+        args.overrides = [*args.overrides, *items]
+        extra = [e for e in extra if e not in items]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None, plugins: Sequence[object] = ()) -> int:
+    """Run the ``tokenred`` command and return its exit code.
+
+    Args:
+        argv: Arguments without the program name; default ``sys.argv[1:]``.
+        plugins: Extra plugin objects to register (tests, embedding).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    flags = _pre_parse(argv)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter())
+    root = logging.getLogger("tokenred")
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel([logging.WARNING, logging.INFO][min(flags.verbose, 1)])
+    if flags.verbose >= 2:
+        root.setLevel(logging.DEBUG)
+    try:
+        return _main(argv, flags, plugins)
+    except SystemExit as exc:  # argparse: --help, --version, usage errors
+        return exc.code if isinstance(exc.code, int) else int(ExitCode.USAGE_ERROR)
+    except TokenredError as exc:
+        if flags.traceback:
+            traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr)
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if flags.traceback:
+            traceback.print_exc()
+        hint = "" if flags.traceback else " (rerun with --traceback for details)"
+        print(f"internal error: {type(exc).__name__}: {exc}{hint}", file=sys.stderr)
+        return int(ExitCode.INTERNAL_ERROR)
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+
+
+def _main(argv: list[str], flags: argparse.Namespace, plugins: Sequence[object]) -> int:
+    pm = get_plugin_manager(block=flags.disable_plugin, extra=plugins)
+    session = Session(pm)
+    parser = build_parser(session)
+    args = _parse(parser, argv)
+    func: Handler | None = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return int(ExitCode.USAGE_ERROR)
+    return int(func(args))
+
+
+def help_markdown() -> str:
+    """Return ``docs/cli.md``'s generated part: the help of every builtin command."""
+    pm = get_plugin_manager(autoload=False)
+    parser = build_parser(Session(pm))
+    sections = [("tokenred", parser.format_help())]
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for name, sub in subs[0].choices.items():
+        sections.append((f"tokenred {name}", sub.format_help()))
+    return "\n".join(
+        f"## `{title}`\n\n```text\n{text}```\n" for title, text in sections
+    )

@@ -1,0 +1,279 @@
+"""The typed experiment schema: plain dataclasses, one help string per field.
+
+These are the objects the runner, the adapters and the report receive. They carry
+no OmegaConf: :mod:`tokenred.config` merges YAML files, flags and overrides onto them
+(and is the only module that imports omegaconf). Cross-field validation lives in
+``__post_init__`` so that it runs whichever way a config is built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from tokenred.adapter import AdapterConfig, BudgetSpec
+from tokenred.data import DataConfig
+from tokenred.errors import ConfigError
+from tokenred.reducer import ReducerConfig
+from tokenred.tokens import PositionPolicy, Stage
+
+__all__ = [
+    "AdapterConfig",
+    "BudgetConfig",
+    "DataConfig",
+    "ExperimentConfig",
+    "InsertionConfig",
+    "MeasureConfig",
+    "OutputConfig",
+    "ReducerConfig",
+    "Study",
+    "StudyConfig",
+    "check_budget",
+    "parse_budget",
+]
+
+SELECTORS = ("reducer", "model", "data")
+"""Sections whose ``name`` selects a registered class (and its Config)."""
+STUDY_KEYS = frozenset({"study", "base", "sweep"})
+BUDGET_HINT = (
+    "give a fraction of the visual tokens in (0, 1] such as 0.3, or an integer "
+    "token count >= 1 such as 64"
+)
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+def check_budget(ratio: object, tokens: object) -> None:
+    """Validate a budget pair; raise one clear :class:`ConfigError` line if bad."""
+
+    def fail(what: str) -> ConfigError:
+        return ConfigError(f"budget: {what}; {BUDGET_HINT}")
+
+    if ratio is not None and tokens is not None:
+        raise fail(f"both budget.ratio={ratio} and budget.tokens={tokens} are set")
+    if ratio is None and tokens is None:
+        raise fail("neither budget.ratio nor budget.tokens is set")
+    if ratio is not None:
+        if isinstance(ratio, bool) or not isinstance(ratio, int | float):
+            raise fail(f"ratio {ratio!r} is not a number")
+        if not 0 < ratio <= 1:
+            raise fail(f"ratio {ratio} is outside (0, 1]")
+    elif isinstance(tokens, bool) or not isinstance(tokens, int):
+        raise fail(f"token count {tokens!r} is not an integer")
+    elif tokens < 1:
+        raise fail(f"token count {tokens} must be >= 1")
+
+
+def parse_budget(value: str | float) -> dict[str, Any]:
+    """Turn ``--budget`` text into budget fields: ``"0.3"`` is a ratio, ``"64"`` tokens.
+
+    Raises:
+        ConfigError: For non-numbers, non-positive values and fractions above 1.
+    """
+    if isinstance(value, bool):
+        msg = f"budget: {value!r} is not a number; {BUDGET_HINT}"
+        raise ConfigError(msg)
+    if isinstance(value, int):
+        out: dict[str, Any] = {"ratio": None, "tokens": value}
+    elif isinstance(value, float):
+        out = {"ratio": value, "tokens": None}
+    else:
+        text = str(value).strip()
+        try:
+            out = {"ratio": None, "tokens": int(text)}
+        except ValueError:
+            try:
+                out = {"ratio": float(text), "tokens": None}
+            except ValueError:
+                msg = f"budget: {text!r} is not a number; {BUDGET_HINT}"
+                raise ConfigError(msg) from None
+    check_budget(out["ratio"], out["tokens"])
+    return out
+
+
+@dataclass
+class BudgetConfig(BudgetSpec):
+    """How many visual tokens a reducer may keep: a fraction of N or a count.
+
+    A :class:`~tokenred.adapter.BudgetSpec` (so the runner hands it to the adapter
+    as is) with a default and help text for every field.
+    """
+
+    ratio: float | None = field(
+        default=0.3,
+        metadata=_help(
+            "fraction of the N input visual tokens to keep, in (0, 1]; "
+            "the alternative to tokens"
+        ),
+    )
+    tokens: int | None = field(
+        default=None,
+        metadata=_help(
+            "number of visual tokens to keep, >= 1; the alternative to ratio"
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        """Require exactly one of ratio and tokens, each in range."""
+        check_budget(self.ratio, self.tokens)
+
+
+@dataclass
+class InsertionConfig:
+    """Where the reducer runs in the model and how positions are assigned."""
+
+    stage: Stage = field(
+        default=Stage.PRE_LLM,
+        metadata=_help("pre_llm: on the projected features; in_llm: before layer K"),
+    )
+    layer: int = field(
+        default=0,
+        metadata=_help(
+            "decoder layer K the reduced tokens enter: 0 for pre_llm, >= 1 for in_llm"
+        ),
+    )
+    positions: PositionPolicy | None = field(
+        default=None,
+        metadata=_help(
+            "rotary positions of reduced tokens: reassign, survive or merged; "
+            "null uses the reducer's preferred policy"
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        """Tie the layer to the stage."""
+        if self.layer < 0:
+            msg = f"insertion.layer must be >= 0, got {self.layer}"
+            raise ConfigError(msg)
+        if self.stage == Stage.PRE_LLM and self.layer != 0:
+            msg = (
+                f"insertion.layer={self.layer} needs insertion.stage=in_llm; "
+                "pre_llm reduction always uses layer 0"
+            )
+            raise ConfigError(msg)
+        if self.stage == Stage.IN_LLM and self.layer < 1:
+            msg = (
+                "insertion.stage=in_llm needs insertion.layer >= 1 (the decoder layer "
+                "the reduced tokens enter), e.g. insertion.layer=2"
+            )
+            raise ConfigError(msg)
+
+
+@dataclass
+class MeasureConfig:
+    """What the runner measures; identical for every reducer."""
+
+    flops: bool = field(
+        default=True, metadata=_help("analytic prefill FLOPs from the token schedule")
+    )
+    latency: bool = field(
+        default=True,
+        metadata=_help("time vision, reducer, prefill (TTFT), decode and end to end"),
+    )
+    warmup: int = field(
+        default=1, metadata=_help("untimed warm-up samples before timing starts")
+    )
+    repeats: int = field(
+        default=3,
+        metadata=_help("timed repeats of each sample's prefill; the median is kept"),
+    )
+    memory: bool = field(
+        default=True, metadata=_help("record peak memory (GPU allocated or CPU RSS)")
+    )
+    kv_reuse: int = field(
+        default=0,
+        metadata=_help(
+            "answer up to this many questions per video from one cached, reduced "
+            "video prefix (query-agnostic reducers only); 0 turns reuse off"
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        """Reject negative counts."""
+        for key in ("warmup", "kv_reuse"):
+            if getattr(self, key) < 0:
+                msg = f"measure.{key} must be >= 0, got {getattr(self, key)}"
+                raise ConfigError(msg)
+        if self.repeats < 1:
+            msg = f"measure.repeats must be >= 1, got {self.repeats}"
+            raise ConfigError(msg)
+
+
+@dataclass
+class OutputConfig:
+    """Where results go."""
+
+    root: str = field(
+        default="runs", metadata=_help("directory holding <name>/<run_id>/ run stores")
+    )
+    overwrite: bool = field(
+        default=False,
+        metadata=_help("start the run store afresh instead of resuming it"),
+    )
+
+
+@dataclass
+class ExperimentConfig:
+    """One run: a model, a dataset, a reducer at a budget and an insertion point."""
+
+    name: str = field(
+        default="default",
+        metadata=_help("experiment or study name; runs go to output.root/<name>/"),
+    )
+    seed: int = field(
+        default=0, metadata=_help("seed; per-sample generators derive from it")
+    )
+    model: AdapterConfig = field(
+        default_factory=AdapterConfig,
+        metadata=_help("model adapter: model.name selects a registered adapter"),
+    )
+    data: DataConfig = field(
+        default_factory=DataConfig,
+        metadata=_help("dataset: data.name selects a registered dataset"),
+    )
+    reducer: ReducerConfig = field(
+        default_factory=ReducerConfig,
+        metadata=_help("token reducer: reducer.name selects a registered reducer"),
+    )
+    budget: BudgetConfig = field(
+        default_factory=BudgetConfig, metadata=_help("visual-token budget")
+    )
+    insertion: InsertionConfig = field(
+        default_factory=InsertionConfig, metadata=_help("insertion point")
+    )
+    measure: MeasureConfig = field(
+        default_factory=MeasureConfig, metadata=_help("measurement settings")
+    )
+    output: OutputConfig = field(
+        default_factory=OutputConfig, metadata=_help("run store location")
+    )
+
+
+@dataclass
+class StudyConfig:
+    """A study file: settings shared by every run, plus a Cartesian sweep."""
+
+    study: str = field(
+        default="",
+        metadata=_help("study name (sets name for every run); empty keeps base.name"),
+    )
+    base: dict[str, Any] = field(
+        default_factory=dict,
+        metadata=_help("a partial experiment config shared by every run"),
+    )
+    sweep: dict[str, list[Any]] = field(
+        default_factory=dict,
+        metadata=_help("dotted key -> list of values; every combination is one run"),
+    )
+
+
+@dataclass(frozen=True)
+class Study:
+    """The resolved runs of one ``tokenred run`` invocation."""
+
+    name: str
+    experiments: tuple[ExperimentConfig, ...]
+    points: tuple[dict[str, Any], ...]
+    """The swept values of each experiment (empty dicts without a sweep)."""
