@@ -171,7 +171,7 @@ class ReduceContext:
         Raises:
             ContractError: If the framework did not supply it.
         """
-        value = getattr(self, need.value)
+        value: Tensor | None = getattr(self, need.value)
         if value is None:
             msg = (
                 f"reducer '{reducer}' needs {need.value} scores at layer {self.layer}, "
