@@ -1,0 +1,233 @@
+"""Report on a fake small study: files, statistics and figure readability."""
+
+from __future__ import annotations
+
+import csv
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from tokenred.errors import UsageError
+from tokenred.measure.stats import bootstrap_ci, paired_stats, pareto_front
+from tokenred.report import (
+    load_runs,
+    main_report,
+    make_figures,
+    markdown_table,
+    samples_frame,
+    summary_frame,
+    summary_table,
+)
+from tokenred.results import (
+    FlopsRecord,
+    MemoryRecord,
+    RunManifest,
+    RunStore,
+    SampleRecord,
+    run_id,
+)
+
+N = 40
+LETTERS = "ABCD"
+
+
+def _config(
+    reducer: str,
+    ratio: float | None,
+    dataset: str = "synthetic",
+    stage: str = "pre_llm",
+    layer: int = 0,
+) -> dict[str, Any]:
+    return {
+        "model": {"name": "tiny_ov"},
+        "data": {"name": dataset},
+        "reducer": {"name": reducer},
+        "budget": {"ratio": ratio, "tokens": None},
+        "insertion": {"stage": stage, "layer": layer},
+        "output": {"root": "x"},
+    }
+
+
+def _write_run(
+    root: Path,
+    cfg: dict[str, Any],
+    acc: float,
+    keep: float,
+    device: str = "cpu",
+    latency: bool = True,
+) -> Path:
+    """Write a run whose sample i is correct with a fixed pattern of rate ``acc``."""
+    rng = np.random.default_rng(zlib.crc32(f"{cfg['reducer']['name']}{keep}".encode()))
+    store = RunStore.for_config(root, cfg)
+    manifest = RunManifest(
+        run_id=run_id(cfg),
+        config=cfg,
+        random_weights=False,
+        device={"kind": device, "name": "Tiny CPU"},
+    )
+    n_in = 200
+    with store:
+        store.write_manifest(manifest)
+        for i in range(N):
+            correct = rng.random() < acc
+            answer = LETTERS[i % 4]
+            pred = answer if correct else LETTERS[(i + 1) % 4]
+            n_out = round(n_in * keep)
+            store.append(
+                SampleRecord(
+                    id=f"q{i}",
+                    video_id=f"v{i // 2}",
+                    prediction=pred,
+                    answer=answer,
+                    correct=correct,
+                    n_visual_in=n_in,
+                    n_visual_out=n_out,
+                    equivalent_tokens=float(n_out),
+                    flops=FlopsRecord(prefill=int(1e9 * (0.2 + keep)), vision=10**8),
+                    latency_ms={"prefill": {"median": 10 + 40 * keep, "n": 3}}
+                    if latency
+                    else {"prefill": None},
+                    memory=MemoryRecord(peak_bytes=10**6),
+                )
+            )
+        store.append(SampleRecord.failed("q_err", "v_err", "decode failed"))
+    return store.path
+
+
+@pytest.fixture
+def study(tmp_path: Path) -> Path:
+    root = tmp_path / "runs"
+    _write_run(root, _config("none", None), acc=0.8, keep=1.0)
+    for ratio, acc in ((0.5, 0.75), (0.25, 0.6)):
+        _write_run(root, _config("random", ratio), acc=acc, keep=ratio)
+        _write_run(root, _config("sttm", ratio), acc=acc + 0.05, keep=ratio * 0.9)
+    _write_run(
+        root, _config("fastv", 0.25, stage="in_llm", layer=2), acc=0.7, keep=0.25
+    )
+    return root
+
+
+def test_report_writes_all_files(study: Path, tmp_path: Path) -> None:
+    out = main_report([study], tmp_path / "report")
+    names = {p.name for p in out.iterdir()}
+    for stem in ("acc_vs_ratio", "acc_vs_ttft", "acc_vs_flops"):
+        assert {f"{stem}.png", f"{stem}.svg"} <= names
+        assert (out / f"{stem}.png").read_bytes()[:4] == b"\x89PNG"
+    assert {"summary.csv", "summary.md"} <= names
+    with open(out / "summary.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 6, "one row per run"
+    assert rows[0]["method"] == "unreduced", "the baseline comes first"
+    md = (out / "summary.md").read_text()
+    assert "| Model |" in md and "McNemar p" in md and "ms CPU" in md
+    assert md.count("\n| tiny_ov |") == 6
+    assert "fastv (K=2)" in md
+
+
+def test_summary_values_against_hand_computation(study: Path) -> None:
+    runs = load_runs([study])
+    samples = samples_frame(runs)
+    table = summary_frame(samples).set_index("run_id")
+    base_id = run_id(_config("none", None))
+    rnd_id = run_id(_config("random", 0.25))
+    ok = samples[samples["status"] == "ok"]
+    base = ok[ok["run_id"] == base_id].set_index("id")
+    rnd = ok[ok["run_id"] == rnd_id].set_index("id")
+    row = table.loc[rnd_id]
+    assert row["n"] == N and row["errors"] == 1
+    assert row["accuracy"] == pytest.approx(100 * rnd["correct"].mean())
+    assert row["rel_accuracy"] == pytest.approx(
+        100 * rnd["correct"].mean() / base["correct"].mean()
+    )
+    assert row["kept_ratio"] == pytest.approx(25.0)
+    assert row["rel_flops"] == pytest.approx(100 * (0.2 + 0.25) / 1.2)
+    assert row["rel_ttft"] == pytest.approx(100 * 20 / 50)
+    b = int((base["correct"] & ~rnd["correct"]).sum())
+    c = int((~base["correct"] & rnd["correct"]).sum())
+    assert (row["mcnemar_b"], row["mcnemar_c"]) == (b, c)
+    assert row["mcnemar_p"] == pytest.approx(stats.binomtest(b, b + c).pvalue)
+    agree = (rnd["prediction"] == base["prediction"]).mean()
+    assert row["agreement"] == pytest.approx(100 * agree)
+    assert row["acc_ci_low"] <= row["accuracy"] <= row["acc_ci_high"]
+    assert row["delta_acc_low"] <= row["accuracy"] - table.loc[base_id, "accuracy"]
+    assert table.loc[base_id, "rel_accuracy"] == pytest.approx(100.0)
+
+
+def test_figures_are_readable(study: Path) -> None:
+    summary = summary_frame(samples_frame(load_runs([study])))
+    figs = make_figures(summary)
+    assert set(figs) == {"acc_vs_ratio", "acc_vs_ttft", "acc_vs_flops"}
+    for name, fig in figs.items():
+        ax = fig.axes[0]
+        assert ax.get_ylabel() == "Accuracy (%)"
+        assert ax.get_xlabel() and "(" in ax.get_xlabel(), "x label carries its unit"
+        assert ax.get_title() == "tiny_ov · synthetic"
+        assert fig.get_suptitle()
+        legend = ax.get_legend()
+        assert legend is not None, name
+        labels = {t.get_text() for t in legend.get_texts()}
+        assert {"unreduced", "random", "sttm", "fastv (K=2)"} <= labels
+        if name != "acc_vs_ratio":
+            assert "Pareto frontier" in labels
+    assert "CPU" in figs["acc_vs_ttft"].axes[0].get_xlabel()
+    assert "CPU latency" in figs["acc_vs_ttft"].get_suptitle()
+    assert "GFLOP" in figs["acc_vs_flops"].axes[0].get_xlabel()
+
+
+def test_missing_latency_is_never_estimated(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    _write_run(root, _config("none", None), acc=0.8, keep=1.0, latency=False)
+    _write_run(root, _config("random", 0.5), acc=0.7, keep=0.5, latency=False)
+    out = main_report([root], tmp_path / "rep")
+    md = (out / "summary.md").read_text()
+    assert "ms CPU" not in md and "n/a" in md
+    summary = summary_frame(samples_frame(load_runs([root])))
+    assert summary["ttft_ms"].isna().all()
+    ax = make_figures(summary)["acc_vs_ttft"].axes[0]
+    assert any("not measured" in t.get_text() for t in ax.texts)
+
+
+def test_multi_dataset_average_and_summary_table(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    paths = []
+    for ds in ("videomme", "mlvu"):
+        paths.append(_write_run(root, _config("none", None, ds), acc=0.8, keep=1.0))
+        paths.append(_write_run(root, _config("random", 0.5, ds), acc=0.6, keep=0.5))
+    out = main_report(paths, tmp_path / "rep")
+    avg = pd.read_csv(out / "average.csv")
+    assert set(avg["datasets"]) == {2}
+    summary = pd.read_csv(out / "summary.csv")
+    rnd = summary[summary["reducer"] == "random"]
+    expected = rnd["rel_accuracy"].mean()
+    got = avg.loc[avg["method"] == "random", "rel_accuracy"].item()
+    assert got == pytest.approx(expected), "mean of per-dataset ratios"
+    text = summary_table([RunStore(p) for p in paths[:2]])
+    assert text.startswith("| Method | Budget |") and "(no records)" not in text
+    assert text.count("\n") == 4  # header, rule, two runs
+
+
+def test_no_runs_is_a_usage_error(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="no run directory found"):
+        main_report([tmp_path], tmp_path / "rep")
+
+
+def test_markdown_table_escapes_pipes() -> None:
+    text = markdown_table(["a", "b"], [["x|y", 1]])
+    assert text.splitlines() == ["| a | b |", "|---|---|", "| x\\|y | 1 |"]
+
+
+def test_stats_helpers() -> None:
+    assert bootstrap_ci(np.ones(10)) == (1.0, 1.0)
+    low, high = bootstrap_ci(np.array([0, 1] * 20))
+    assert low < 0.5 < high
+    same = paired_stats(np.array([1, 0, 1]), np.array([1, 0, 1]))
+    assert same["mcnemar_p"] == 1.0 and same["delta_acc_low"] == 0.0
+    worse = paired_stats(np.zeros(12), np.ones(12))
+    assert worse["mcnemar_b"] == 12 and worse["mcnemar_p"] == pytest.approx(2 / 2**12)
+    idx = pareto_front(np.array([3.0, 1.0, 2.0, 2.5]), np.array([0.9, 0.5, 0.8, 0.7]))
+    assert idx.tolist() == [1, 2, 0]

@@ -1,0 +1,465 @@
+"""Reports: run stores -> DataFrame -> tables, paired statistics and figures.
+
+``tokenred report RUN...`` reads run directories (or folders holding them), finds
+the unreduced run (reducer ``none``) of every (model, dataset) as the baseline, and
+writes into the output folder:
+
+* ``summary.csv`` / ``summary.md``: one row per run, in the paper's style (absolute
+  values and values relative to the unreduced run), with a 95 % bootstrap CI of the
+  accuracy, a paired bootstrap CI of the accuracy difference, agreement with the
+  unreduced answers and an exact McNemar test on the discordant answers;
+* ``average.csv`` (with a section in ``summary.md``) when several datasets are
+  present: the mean of per-dataset relative values, as the paper averages;
+* ``acc_vs_ratio``, ``acc_vs_ttft`` and ``acc_vs_flops`` as PNG and SVG, the last two
+  with Pareto frontiers.
+
+Reports never import models. Latency measured on a CPU is labelled as CPU latency
+everywhere; a run without latency shows "n/a", never an estimate.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from tokenred.errors import UsageError
+from tokenred.measure.stats import bootstrap_ci, paired_stats, pareto_front
+from tokenred.results import RunStore, SampleRecord
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+log = logging.getLogger(__name__)
+
+BASELINE = "none"
+FIGURES = ("acc_vs_ratio", "acc_vs_ttft", "acc_vs_flops")
+
+
+@dataclass
+class Run:
+    """One run directory, loaded."""
+
+    path: Path
+    manifest: dict[str, Any]
+    records: list[SampleRecord]
+
+    def get(self, dotted: str, default: Any = None) -> Any:
+        """Return ``config[a][b]`` for ``"a.b"`` from the manifest's config."""
+        node: Any = self.manifest.get("config", {})
+        for part in dotted.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return default
+            node = node[part]
+        return node
+
+    def info(self) -> dict[str, Any]:
+        """Return the identifying columns of this run."""
+        reducer = str(self.get("reducer.name", "?"))
+        stage = str(self.get("insertion.stage", "pre_llm"))
+        layer = int(self.get("insertion.layer", 0) or 0)
+        ratio, tokens = self.get("budget.ratio"), self.get("budget.tokens")
+        if reducer == BASELINE:
+            budget = "100%"
+        elif ratio is not None:
+            budget = f"{100 * float(ratio):g}%"
+        else:
+            budget = f"{tokens} tok" if tokens is not None else "?"
+        method = "unreduced" if reducer == BASELINE else reducer
+        if reducer != BASELINE and stage == "in_llm":
+            method = f"{reducer} (K={layer})"
+        device = self.manifest.get("device", {})
+        return {
+            "run_id": self.manifest.get("run_id", self.path.name),
+            "model": str(self.get("model.name", "?")),
+            "dataset": str(self.get("data.name", "?")),
+            "reducer": reducer,
+            "method": method,
+            "stage": stage,
+            "layer": layer,
+            "budget": budget,
+            "device": device.get("kind", "?"),
+            "device_name": device.get("name", ""),
+            "random_weights": bool(self.manifest.get("random_weights")),
+        }
+
+
+def find_run_dirs(paths: Sequence[str | Path]) -> list[Path]:
+    """Return run directories: the paths themselves or run folders below them."""
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if (path / RunStore.SAMPLES).exists() or (path / RunStore.MANIFEST).exists():
+            found.append(path)
+            continue
+        below = sorted({p.parent for p in path.glob(f"**/{RunStore.MANIFEST}")})
+        if not below:
+            msg = (
+                f"no run directory found at {path}; pass folders that contain "
+                f"{RunStore.MANIFEST} and {RunStore.SAMPLES} (e.g. runs/<run_id>)"
+            )
+            raise UsageError(msg)
+        found.extend(below)
+    return list(dict.fromkeys(found))
+
+
+def load_runs(paths: Sequence[str | Path]) -> list[Run]:
+    """Load every run found by :func:`find_run_dirs`."""
+    runs = []
+    for path in find_run_dirs(paths):
+        store = RunStore(path)
+        runs.append(Run(path, store.read_manifest() or {}, store.records()))
+    return runs
+
+
+def _median(latency: dict[str, Any], phase: str) -> float | None:
+    entry = latency.get(phase)
+    value = entry.get("median") if isinstance(entry, dict) else None
+    return float(value) if value is not None else None
+
+
+def samples_frame(runs: Sequence[Run]) -> pd.DataFrame:
+    """Return one row per (run, sample) with the measured values."""
+    rows = []
+    for run in runs:
+        info = run.info()
+        for r in run.records:
+            n_in, n_out = r.n_visual_in, r.n_visual_out
+            rows.append(
+                {
+                    **info,
+                    "id": r.id,
+                    "status": r.status,
+                    "prediction": r.prediction,
+                    "correct": r.correct,
+                    "n_in": n_in,
+                    "n_out": n_out,
+                    "ratio": n_out / n_in if n_in and n_out is not None else None,
+                    "eq_tokens": r.equivalent_tokens,
+                    "flops_prefill": r.flops.prefill,
+                    "flops_vision": r.flops.vision,
+                    "ttft_ms": _median(r.latency_ms, "prefill"),
+                    "e2e_ms": _median(r.latency_ms, "e2e"),
+                    "peak_bytes": r.memory.peak_bytes,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def _mean(series: pd.Series) -> float:
+    values = pd.to_numeric(series, errors="coerce").dropna()
+    return float(values.mean()) if len(values) else math.nan
+
+
+def _rel(value: float, base: float) -> float:
+    return 100 * value / base if base and not math.isnan(base) else math.nan
+
+
+_ID_COLUMNS = ("model", "dataset", "method", "reducer", "stage", "layer", "budget",
+               "device", "device_name", "random_weights", "run_id")  # fmt: skip
+_RELATIVE = {"accuracy": "rel_accuracy", "flops_prefill": "rel_flops",
+             "ttft_ms": "rel_ttft", "eq_tokens": "rel_eq_tokens"}  # fmt: skip
+
+
+def _scored(group: pd.DataFrame) -> pd.DataFrame:
+    """Return the ok samples whose correctness is known."""
+    return group[(group["status"] == "ok") & group["correct"].notna()]
+
+
+def _absolute(group: pd.DataFrame) -> dict[str, Any]:
+    """Summarise one run's samples on their own."""
+    ok = group[group["status"] == "ok"]
+    correct = _scored(group)["correct"].astype(float).to_numpy()
+    low, high = bootstrap_ci(correct)
+    row: dict[str, Any] = {k: group.iloc[0][k] for k in _ID_COLUMNS}
+    row.update(n=len(ok), errors=int((group["status"] != "ok").sum()))
+    row["accuracy"] = 100 * float(correct.mean()) if correct.size else math.nan
+    row.update(acc_ci_low=100 * low, acc_ci_high=100 * high)
+    row["kept_tokens"] = _mean(ok["n_out"])
+    row["kept_ratio"] = 100 * _mean(ok["ratio"])  # mean of per-sample ratios (R.NV)
+    for col in ("eq_tokens", "flops_prefill", "flops_vision", "ttft_ms", "e2e_ms",
+                "peak_bytes"):  # fmt: skip
+        row[col] = _mean(ok[col])
+    return row
+
+
+def _run_row(group: pd.DataFrame, base: pd.DataFrame | None) -> dict[str, Any]:
+    """Summarise one run and compare it with the baseline run (paired by id)."""
+    row = _absolute(group)
+    if base is None:
+        return row
+    base_row = _absolute(base)
+    for col, out in _RELATIVE.items():
+        row[out] = _rel(row[col], base_row[col])
+    if base_row["device"] != row["device"]:
+        row["rel_ttft"] = math.nan  # CPU and GPU timings are never compared
+    pairs = _scored(group).merge(_scored(base), on="id", suffixes=("", "_b"))
+    same = pairs["prediction"].fillna("") == pairs["prediction_b"].fillna("")
+    row["paired_n"] = len(pairs)
+    row["agreement"] = 100 * float(same.mean()) if len(pairs) else math.nan
+    run_c = pairs["correct"].astype(float).to_numpy()
+    row.update(paired_stats(run_c, pairs["correct_b"].astype(float).to_numpy()))
+    return row
+
+
+def summary_frame(samples: pd.DataFrame) -> pd.DataFrame:
+    """Return one row per run, with relative values and paired statistics."""
+    rows = []
+    for (model, dataset), group in samples.groupby(["model", "dataset"], sort=True):
+        base_runs = group[group["reducer"] == BASELINE]
+        base_id = None
+        if len(base_runs):
+            sizes = base_runs.groupby("run_id").size().sort_values(ascending=False)
+            base_id = sizes.index[0]
+            if len(sizes) > 1:
+                msg = "%s/%s has %d unreduced runs; using %s"
+                log.warning(msg, model, dataset, len(sizes), base_id)
+        base = group[group["run_id"] == base_id] if base_id is not None else None
+        for _, run in group.groupby("run_id", sort=False):
+            rows.append(_run_row(run, base))
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    table["_order"] = table["reducer"].ne(BASELINE)
+    table = table.sort_values(
+        ["model", "dataset", "_order", "method", "kept_ratio"],
+        ascending=[True, True, True, True, False],
+    )
+    return table.drop(columns="_order").reset_index(drop=True)
+
+
+def average_frame(summary: pd.DataFrame) -> pd.DataFrame:
+    """Average relative values over datasets (mean of per-dataset ratios)."""
+    if (
+        summary.empty
+        or summary["dataset"].nunique() < 2
+        or "rel_accuracy" not in summary
+    ):
+        return pd.DataFrame()
+    keys = ["model", "method", "budget", "device"]
+    cols = ["rel_accuracy", "rel_ttft", "rel_flops", "kept_ratio", "accuracy"]
+    avg = summary.groupby(keys, sort=True)[cols].mean().reset_index()
+    avg["datasets"] = summary.groupby(keys, sort=True)["dataset"].nunique().to_numpy()
+    return avg
+
+
+# ---- Markdown
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Return a GitHub-flavoured Markdown table (no tabulate dependency)."""
+
+    def cell(value: Any) -> str:
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
+    lines = [
+        "| " + " | ".join(cell(h) for h in headers) + " |",
+        "|" + "|".join("---" for _ in headers) + "|",
+    ]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _num(value: Any, fmt: str = "{:.1f}") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return fmt.format(value)
+
+
+def flops_unit(value: float) -> tuple[float, str]:
+    """Return ``(divisor, unit)`` that shows ``value`` as 1 to 999 of a unit."""
+    for div, unit in ((1e15, "PFLOP"), (1e12, "TFLOP"), (1e9, "GFLOP"), (1e6, "MFLOP")):
+        if value >= div:
+            return div, unit
+    return 1.0, "FLOP"
+
+
+def _cells(r: pd.Series, div: float, unit: str) -> dict[str, str]:
+    """Format one summary row's cells, keyed by column header."""
+    device = "CPU" if r["device"] == "cpu" else "GPU"
+    ci = f"[{_num(r['acc_ci_low'])}, {_num(r['acc_ci_high'])}]"
+    ttft = _num(r["ttft_ms"])
+    return {
+        "Model": r["model"],
+        "Dataset": r["dataset"],
+        "Method": r["method"],
+        "Budget": r["budget"],
+        "N": str(r["n"]),
+        "Errors": str(r["errors"]),
+        "Acc %": _num(r["accuracy"]),
+        "Acc % [95% CI]": f"{_num(r['accuracy'])} {ci}",
+        "R.Acc": _num(r.get("rel_accuracy")),
+        "Kept tokens": _num(r["kept_tokens"], "{:,.0f}"),
+        "Kept (ratio)": f"{_num(r['kept_tokens'], '{:,.0f}')} "
+        f"({_num(r['kept_ratio'])}%)",
+        "Eq. tokens": _num(r["eq_tokens"], "{:,.0f}"),
+        "Prefill FLOPs": f"{_num(r['flops_prefill'] / div, '{:.3g}')} {unit}",
+        "R.FLOPs": _num(r.get("rel_flops")),
+        "TTFT": ttft if ttft == "n/a" else f"{ttft} ms {device}",
+        "R.TTFT": _num(r.get("rel_ttft")),
+        "Agree %": _num(r.get("agreement")),
+        "McNemar p": _num(r.get("mcnemar_p"), "{:.3g}"),
+    }
+
+
+MD_HEADERS = ("Model", "Dataset", "Method", "Budget", "N", "Acc % [95% CI]", "R.Acc",
+              "Kept (ratio)", "Eq. tokens", "Prefill FLOPs", "R.FLOPs", "TTFT",
+              "R.TTFT", "Agree %", "McNemar p")  # fmt: skip
+SHORT_HEADERS = ("Method", "Budget", "N", "Errors", "Acc %", "Kept tokens",
+                 "Eq. tokens", "Prefill FLOPs", "TTFT")  # fmt: skip
+AVG_COLUMNS = {"R.Acc": "rel_accuracy", "R.TTFT": "rel_ttft", "R.FLOPs": "rel_flops",
+               "Kept %": "kept_ratio"}  # fmt: skip
+NOTES = (
+    "R.* = percent of the unreduced run (reducer `none`) of the same model and "
+    "dataset. Kept ratio = mean over samples of kept/input visual tokens. "
+    "Eq. tokens = visual tokens averaged over decoder layers.",
+    "Prefill FLOPs are analytic (causal attention, matmuls only; see "
+    "docs/measuring.md). TTFT = mean of per-sample median prefill times; 'CPU' "
+    "marks CPU timings, which are not GPU numbers; n/a = not measured.",
+    "McNemar: exact binomial test on the answers where exactly one of the run and "
+    "the unreduced run is correct. Agree = same predicted letter as unreduced.",
+)
+
+
+def _table(summary: pd.DataFrame, headers: Sequence[str]) -> str:
+    flops = summary["flops_prefill"]
+    div, unit = flops_unit(float(flops.max()) if flops.notna().any() else 1.0)
+    rows = [[_cells(r, div, unit)[h] for h in headers] for _, r in summary.iterrows()]
+    return markdown_table(headers, rows)
+
+
+def summary_markdown(summary: pd.DataFrame, average: pd.DataFrame | None = None) -> str:
+    """Return the Markdown report (main table, average table, notes)."""
+    parts = ["# tokenred report\n\n", _table(summary, MD_HEADERS)]
+    if average is not None and not average.empty:
+        parts.append("\n## Average over datasets (mean of per-dataset ratios)\n\n")
+        headers = ["Model", "Method", "Budget", "Datasets", *AVG_COLUMNS]
+        rows = [
+            [r["model"], r["method"], r["budget"], str(r["datasets"])]
+            + [_num(r[col]) for col in AVG_COLUMNS.values()]
+            for _, r in average.iterrows()
+        ]
+        parts.append(markdown_table(headers, rows))
+    notes = list(NOTES)
+    if summary["random_weights"].any():
+        notes.append("**Some runs use random weights: their accuracy is meaningless.**")
+    parts.append("\n" + "\n".join(f"- {n}" for n in notes) + "\n")
+    return "".join(parts)
+
+
+# ---- figures
+
+
+def _panel(ax: Axes, data: pd.DataFrame, x: str, pareto: bool, empty: str) -> None:
+    """Draw one (model, dataset) panel: a line per method, optional Pareto front."""
+    import seaborn as sns
+
+    data = data.dropna(subset=[x, "accuracy"]).sort_values(x)
+    if data.empty:
+        ax.text(0.5, 0.5, empty, ha="center", va="center", transform=ax.transAxes)
+        return
+    sns.lineplot(data=data, x=x, y="accuracy", hue="method", style="method",
+                 markers=True, dashes=False, ax=ax, sort=False, markersize=8,
+                 estimator=None)  # fmt: skip
+    if pareto:
+        front = data.iloc[pareto_front(data[x].to_numpy(), data["accuracy"].to_numpy())]
+        ax.step(front[x], front["accuracy"], where="post", color="0.3", linestyle="--",
+                linewidth=1, label="Pareto frontier")  # fmt: skip
+    ax.legend(fontsize="small")
+    ax.grid(True, alpha=0.3)
+
+
+def _figure_specs(summary: pd.DataFrame, flop_unit: str) -> dict[str, tuple[Any, ...]]:
+    """Return ``name -> (x column, x label, title, pareto, empty text)``."""
+    cpu = bool((summary["device"] == "cpu").any())
+    gpus = sorted(set(summary.loc[summary["device"] == "cuda", "device_name"]))
+    clock = "CPU" if cpu else "GPU" + (": " + ", ".join(map(str, gpus)) if gpus else "")
+    ttft_title = "Accuracy vs time to first token"
+    if cpu:
+        ttft_title += " (CPU latency, not a GPU number)"
+    return {
+        "acc_vs_ratio": ("kept_ratio", "Kept visual tokens (% of input, mean)",
+                         "Accuracy vs kept-token ratio", False, "no token counts"),
+        "acc_vs_ttft": ("ttft_ms", f"TTFT (ms, {clock})", ttft_title, True,
+                        "latency not measured (measure.latency=false)"),
+        "acc_vs_flops": ("flops_plot", f"Prefill FLOPs ({flop_unit}, analytic)",
+                         "Accuracy vs prefill FLOPs", True, "FLOPs not recorded"),
+    }  # fmt: skip
+
+
+def make_figures(summary: pd.DataFrame) -> dict[str, Figure]:
+    """Return the three report figures (not saved; see :func:`main_report`).
+
+    One panel per (model, dataset); built on :class:`matplotlib.figure.Figure`
+    directly, so no pyplot state or global backend is touched.
+    """
+    from matplotlib.figure import Figure
+
+    groups = sorted(set(zip(summary["model"], summary["dataset"], strict=True)))
+    flops = summary["flops_prefill"]
+    div, unit = flops_unit(float(flops.max()) if flops.notna().any() else 1.0)
+    frame = summary.assign(flops_plot=flops / div)
+    suffix = " (random weights)" if summary["random_weights"].any() else ""
+    figures: dict[str, Figure] = {}
+    for name, (x, label, title, pareto, empty) in _figure_specs(summary, unit).items():
+        fig = Figure(figsize=(5.5 * max(1, len(groups)), 4.2), layout="constrained")
+        axes = fig.subplots(1, max(1, len(groups)), squeeze=False)[0]
+        for ax, (model, dataset) in zip(axes, groups, strict=False):
+            mask = (frame["model"] == model) & (frame["dataset"] == dataset)
+            _panel(ax, frame[mask], x, pareto, empty)
+            ax.set(title=f"{model} · {dataset}", xlabel=label, ylabel="Accuracy (%)")
+        fig.suptitle(title + suffix)
+        figures[name] = fig
+    return figures
+
+
+# ---- entry points
+
+
+def main_report(
+    run_dirs: Sequence[str | Path], out_dir: str | Path | None = None
+) -> Path:
+    """Write the report of ``run_dirs`` into ``out_dir`` and return ``out_dir``.
+
+    Args:
+        run_dirs: Run directories, or folders holding them (searched recursively).
+        out_dir: Output folder; default ``report`` next to the first run folder.
+
+    Raises:
+        UsageError: No run directory, or no records in any of them.
+    """
+    runs = load_runs(run_dirs)
+    samples = samples_frame(runs)
+    if samples.empty:
+        msg = f"the runs in {', '.join(map(str, run_dirs))} hold no sample records yet"
+        raise UsageError(msg)
+    out = Path(out_dir) if out_dir is not None else runs[0].path.parent / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summary_frame(samples)
+    average = average_frame(summary)
+    summary.to_csv(out / "summary.csv", index=False)
+    if not average.empty:
+        average.to_csv(out / "average.csv", index=False)
+    (out / "summary.md").write_text(
+        summary_markdown(summary, average), encoding="utf-8"
+    )
+    for name, fig in make_figures(summary).items():
+        for ext in ("png", "svg"):
+            fig.savefig(out / f"{name}.{ext}", dpi=150)
+    log.info("report of %d runs written to %s", len(runs), out)
+    return out
+
+
+def summary_table(stores: Sequence[RunStore | str | Path]) -> str:
+    """Return a short Markdown table of runs, for the runner to print at the end."""
+    paths = [s.path if isinstance(s, RunStore) else Path(s) for s in stores]
+    samples = samples_frame(load_runs(paths))
+    if samples.empty:
+        return "(no records)\n"
+    return _table(summary_frame(samples), SHORT_HEADERS)
