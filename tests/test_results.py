@@ -132,6 +132,7 @@ def test_store_resumes_after_torn_last_line(tmp_path: Path) -> None:
         with pytest.raises(RunStoreError, match="already recorded"):
             resumed.append(_record(1))
         resumed.write_manifest(RunManifest(run_id=run_id(CONFIG), config=CONFIG))
+        resumed.write_manifest(RunManifest(run_id=run_id(CONFIG), config=CONFIG))
     lines = store.samples_path.read_text().splitlines()
     assert [json.loads(x)["id"] for x in lines] == ["s0", "s1", "s2", "s3"]
     manifest = RunStore(store.path).read_manifest()
@@ -167,6 +168,19 @@ def test_errors_can_be_retried_and_the_last_record_wins(tmp_path: Path) -> None:
     recs = RunStore(tmp_path / "run").records()
     assert [(r.id, r.status) for r in recs] == [("s1", "ok"), ("s0", "ok")]
     assert len(RunStore(tmp_path / "run").records(latest=False)) == 3
+
+
+def test_reset_starts_the_run_over(tmp_path: Path) -> None:
+    with RunStore(tmp_path / "run") as store:
+        store.append(_record(0))
+        store.write_manifest(RunManifest(run_id="x", config={}))
+    with RunStore(tmp_path / "run") as store:
+        store.reset()
+        assert store.completed_ids() == set()
+        store.append(_record(0))
+        store.write_manifest(RunManifest(run_id="x", config={}))
+    assert [r.id for r in RunStore(tmp_path / "run").records()] == ["s0"]
+    assert (RunStore(tmp_path / "run").read_manifest() or {})["sessions"] == 1
 
 
 def test_writing_needs_the_lock(tmp_path: Path) -> None:

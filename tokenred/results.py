@@ -224,6 +224,7 @@ class RunStore:
         self._lock_fd: int | None = None
         self._fh: IO[str] | None = None
         self._status: dict[str, str] = {}
+        self._session = 1
 
     @classmethod
     def for_config(
@@ -273,6 +274,8 @@ class RunStore:
         try:
             self._repair_tail()
             self._status = {r.id: r.status for r in self.records()}
+            previous = self.read_manifest() or {}
+            self._session = int(previous.get("sessions", 0)) + 1
             self._fh = open(self.samples_path, "a", encoding="utf-8")
         except BaseException:
             self.close()
@@ -328,7 +331,7 @@ class RunStore:
             self._fh.close()
         for name in (self.SAMPLES, self.MANIFEST, self.CONFIG):
             (self.path / name).unlink(missing_ok=True)
-        self._status = {}
+        self._status, self._session = {}, 1
         self._fh = open(self.samples_path, "a", encoding="utf-8")
 
     def write_config(self, yaml_text: str) -> None:
@@ -342,13 +345,12 @@ class RunStore:
         return path.read_text(encoding="utf-8") if path.exists() else None
 
     def write_manifest(self, manifest: RunManifest) -> None:
-        """Write the manifest, keeping ``created`` of an earlier session (resume)."""
+        """Write the manifest; keeps the first ``created``, counts ``sessions``."""
         self._require_open("write_manifest")
-        previous = self.read_manifest()
+        previous = self.read_manifest() or {}
         data = manifest.to_dict()
-        if previous and previous.get("created"):
-            data["created"] = previous["created"]
-            data["sessions"] = int(previous.get("sessions", 1)) + 1
+        data["created"] = previous.get("created") or data["created"]
+        data["sessions"] = self._session
         text = json.dumps(jsonable(data), indent=2, sort_keys=True, allow_nan=False)
         _atomic_write(self.path / self.MANIFEST, text + "\n")
 
