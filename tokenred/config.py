@@ -13,6 +13,8 @@ passes so that plugin configs are typed too:
 
 ``budget.ratio`` and ``budget.tokens`` are alternatives: a source that sets one
 clears the other, so ``--budget 64`` overrides a file's ``budget: {ratio: 0.3}``.
+Likewise a source that selects another reducer (model, dataset) drops the options
+earlier sources gave the previous one, as Hydra's config groups do.
 """
 
 from __future__ import annotations
@@ -176,7 +178,7 @@ def _file_layers(
     for path in files:
         source = f"file {path}"
         data = _read_yaml(path)
-        if data and set(data) <= STUDY_KEYS:
+        if set(data) & STUDY_KEYS:
             study = _read_study(data, source)
             if study.study:
                 layers.append(_Layer(source, {"name": study.study}))
@@ -240,7 +242,30 @@ def _config_instance(entry: Entry[Any], base: type, kind: str) -> Any:
         raise ConfigError(msg) from None
 
 
+def _reset_on_switch(layers: Sequence[_Layer]) -> list[_Layer]:
+    """Drop a section's earlier settings when a later source selects another name.
+
+    Like Hydra's config groups: ``-c sttm.yaml --reducer tome`` runs ToMe with its
+    defaults instead of failing on STTM's keys.
+    """
+    out: list[_Layer] = []
+    current: dict[str, Any] = {}
+    for layer in layers:
+        for section in SELECTORS:
+            value = layer.data.get(section)
+            name = value.get("name") if isinstance(value, Mapping) else None
+            if name is not None and name != current.get(section):
+                current[section] = name
+                out = [
+                    _Layer(o.source, {k: v for k, v in o.data.items() if k != section})
+                    for o in out
+                ]
+        out.append(layer)
+    return out
+
+
 def _resolve(layers: Sequence[_Layer], registries: Registries) -> ExperimentConfig:
+    layers = _reset_on_switch(layers)
     merged: dict[str, Any] = {}
     for layer in layers:
         merged = _deep_merge(merged, layer.data)
@@ -479,8 +504,11 @@ def validate_config_class(config_cls: type, name: str | None = None) -> None:
     else:
         msg = f"{label} accepts unknown keys; it must be a closed structured config"
         raise ConfigError(msg)
+    # ``name`` may be redeclared without metadata: the base class documents it.
     missing = [
-        f.name for f in dataclasses.fields(config_cls) if not f.metadata.get("help")
+        f.name
+        for f in dataclasses.fields(config_cls)
+        if not f.metadata.get("help") and f.name != "name"
     ]
     if missing:
         msg = f"{label} fields without metadata help: {', '.join(missing)}"

@@ -1,0 +1,99 @@
+"""Meta-tests: import hygiene and style rules that apply to every module."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import tokenred
+
+ROOT = Path(tokenred.__file__).parent
+
+
+def run_python(code: str, *flags: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *flags, "-c", code],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+
+
+def modules() -> list[Path]:
+    return sorted(p for p in ROOT.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def test_every_module_imports_without_warnings():
+    code = (
+        "import importlib, pkgutil, tokenred\n"
+        "for m in pkgutil.walk_packages(tokenred.__path__, 'tokenred.'):\n"
+        "    importlib.import_module(m.name)\n"
+    )
+    proc = run_python(code, "-W", "error")
+    assert proc.returncode == 0, f"importing under -W error failed:\n{proc.stderr}"
+
+
+def test_import_tokenred_is_cheap_and_side_effect_free():
+    code = (
+        "import logging, sys, tokenred\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in "
+        "('omegaconf', 'transformers', 'pytest') or m.startswith('tokenred_') "
+        "or m.startswith('tokenred.builtin') or m == 'tokenred.config']\n"
+        "assert not bad, bad\n"
+        "assert not logging.getLogger('tokenred').handlers, 'no logging config'\n"
+        "assert not logging.getLogger().handlers, 'no root logging config'\n"
+    )
+    proc = run_python(code)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_only_config_imports_omegaconf():
+    offenders = []
+    for path in modules():
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            if any(n.split(".")[0] == "omegaconf" for n in names):
+                offenders.append(str(path.relative_to(ROOT)))
+    assert sorted(set(offenders)) == ["config.py"], offenders
+
+
+def test_modules_use_postponed_annotations():
+    missing = []
+    for path in modules():
+        tree = ast.parse(path.read_text())
+        if not tree.body:
+            continue
+        future = any(
+            isinstance(n, ast.ImportFrom)
+            and n.module == "__future__"
+            and any(a.name == "annotations" for a in n.names)
+            for n in tree.body
+        )
+        if not future and len(tree.body) > 1:
+            missing.append(str(path.relative_to(ROOT)))
+    assert not missing, f"add 'from __future__ import annotations' to: {missing}"
+
+
+def test_no_print_in_library_code():
+    allowed = {"cli.py"}  # the command's output is its user interface
+    offenders = []
+    for path in modules():
+        rel = str(path.relative_to(ROOT))
+        if rel in allowed:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id == "print"
+            ):
+                offenders.append(f"{rel}:{node.lineno}")
+    assert not offenders, f"use logging instead of print: {offenders}"
