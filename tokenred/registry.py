@@ -199,9 +199,10 @@ class Registries:
         ]
         for hook_name, registry, check in hooks:
             caller = getattr(pm.hook, hook_name)
-            # pluggy calls implementations last-registered first; reverse so that
-            # builtins register before third-party plugins.
-            for impl in reversed(caller.get_hookimpls()):
+            # get_hookimpls() lists implementations in registration order (pluggy
+            # *calls* them in reverse), so builtins register before third-party
+            # plugins and a clashing plugin, not the builtin, is the one reported.
+            for impl in caller.get_hookimpls():
                 plugin = pm.get_name(impl.plugin) or repr(impl.plugin)
                 dist, version = pm.distribution_of(plugin)
                 register = _make_register(registry, check, plugin, dist, version)
