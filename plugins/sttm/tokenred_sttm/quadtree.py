@@ -1,0 +1,384 @@
+"""STTM's spatial stage: a per-frame quadtree over the patch grid.
+
+Paper: https://arxiv.org/abs/2507.07990 (section 3.2). Reference implementation:
+https://github.com/HYUNJS/STTM@00736c7 (``token_merging_utils/quadtree_builder.py`` and
+``quadtree_spatial_merger.py``), read for behaviour only; nothing here is copied.
+
+Every frame shares one lattice. A level of size ``n`` pools into ``ceil(n / 2)``
+parents; an odd axis makes its first parent a 1-wide border (child ``0`` alone) and
+pairs the rest (``[1, 2], [3, 4], ...``). A node is kept, and its subtree pruned, when
+its cosine similarity to each of its children reaches ``tau_s``.
+
+Instead of the reference's walk over the live nodes, every parent's *stop score*
+(the minimum similarity to its children) is computed densely once per level. Those
+scores do not depend on ``tau_s``, so the budget search re-partitions a video with a
+single comparison: a patch belongs to the first level, root first, whose ancestor
+score reaches ``tau_s`` (a node is reachable exactly when none of its ancestors
+stopped).
+
+Deviations from reference:
+    * ``reference`` mode keeps the two quirks that shape the published numbers: the
+      child slots that do not exist on an odd border are *not* masked out of the stop
+      test (they read the child at ``(t, 0, 0)``), so the top-left root node, whose
+      only child is a copy of itself, always stops; and a grid of width 1 gets no
+      spatial levels at all (the pyramid loop compares widths).
+    * ``fixed`` mode tests the real children only, and a parent with a single child
+      (the same region) defers to that child's own test.
+    * A ``root_level`` beyond the deepest level means "no spatial merging" (the
+      reference raises ``IndexError``); grids of height or width 1 and grids whose
+      two axes differ in parity use the general odd/even rule above (the reference
+      crashes on some of them, and its weighted pooling on all mixed-parity ones).
+    * Levels are computed in float32 and rounded to the working dtype per level,
+      which matches the reference's model-dtype pooling (a float accumulator rounded
+      once); ``fixed`` mode keeps float32 levels.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+SPATIAL_EPS = 1e-8
+"""Norm clamp of the spatial cosine (``F.cosine_similarity``'s default eps)."""
+
+
+def level_sizes(h: int, w: int) -> list[tuple[int, int]]:
+    """Return the quadtree level sizes of an ``h x w`` grid, root first.
+
+    Halves both sides (rounding up) until either side is 2, as the reference does,
+    and also stops at ``1 x 1`` (where the reference loops forever).
+    """
+    sizes = [(h, w)]
+    while h != 2 and w != 2 and (h, w) != (1, 1):
+        h, w = math.ceil(h / 2), math.ceil(w / 2)
+        sizes.insert(0, (h, w))
+    return sizes
+
+
+def parent_index(n_child: int, device: torch.device) -> Tensor:
+    """Return ``[n_child]`` the parent of each child along one axis.
+
+    An odd axis keeps child 0 alone and pairs ``(1, 2), (3, 4), ...``.
+    """
+    return (torch.arange(n_child, device=device) + n_child % 2) // 2
+
+
+@dataclass(frozen=True)
+class Lattice:
+    """The quadtree levels used for one ``(H, W)`` grid, shared by all frames.
+
+    Attributes:
+        sizes: ``(h, w)`` of each used level, root first, finest (the grid) last.
+        anc_y: ``[L, H]`` row index, at each level, of the node holding finest row y.
+        anc_x: ``[L, W]`` the same for columns.
+        start_y: ``[L, H]`` first finest row of that node.
+        end_y: ``[L, H]`` one past its last finest row.
+        start_x: ``[L, W]`` first finest column of that node.
+        end_x: ``[L, W]`` one past its last finest column.
+    """
+
+    sizes: tuple[tuple[int, int], ...]
+    anc_y: Tensor
+    anc_x: Tensor
+    start_y: Tensor
+    end_y: Tensor
+    start_x: Tensor
+    end_x: Tensor
+
+    @property
+    def n_levels(self) -> int:
+        """Number of used levels ``L`` (1 means no spatial merging)."""
+        return len(self.sizes)
+
+
+def _axis_tables(sizes: list[int], device: torch.device) -> tuple[Tensor, ...]:
+    """Return ancestor, start and end tables ``[L, n]`` for one axis."""
+    n = sizes[-1]
+    anc = [torch.arange(n, device=device)]
+    for lvl in range(len(sizes) - 2, -1, -1):
+        anc.insert(0, parent_index(sizes[lvl + 1], device)[anc[0]])
+    starts, ends = [], []
+    for lvl, a in enumerate(anc):
+        ids = torch.arange(sizes[lvl], device=device)
+        # anc is non-decreasing along the axis, so each node is a contiguous run.
+        starts.append(torch.searchsorted(a, ids, right=False)[a])
+        ends.append(torch.searchsorted(a, ids, right=True)[a])
+    return torch.stack(anc), torch.stack(starts), torch.stack(ends)
+
+
+def build_lattice(
+    h: int,
+    w: int,
+    root_level: int,
+    *,
+    spatial: bool,
+    reference: bool,
+    device: torch.device,
+) -> Lattice:
+    """Choose the levels from ``root_level`` to the grid and tabulate their regions.
+
+    Args:
+        h: Grid height.
+        w: Grid width.
+        root_level: Index into :func:`level_sizes` of the coarsest level searched
+            (0 = the 2-sided level, 1 = the paper's 4x4 root on a 14x14 grid).
+        spatial: False disables the spatial stage (a single, finest level).
+        reference: Apply the reference's width-based level count (width 1 grids
+            get no spatial levels).
+        device: Where the tables live.
+    """
+    sizes = level_sizes(h, w)
+    root = min(root_level, len(sizes) - 1)
+    used = sizes[root:]
+    if not spatial or (reference and w == 1):
+        used = sizes[-1:]
+    anc_y, start_y, end_y = _axis_tables([s[0] for s in used], device)
+    anc_x, start_x, end_x = _axis_tables([s[1] for s in used], device)
+    return Lattice(tuple(used), anc_y, anc_x, start_y, end_y, start_x, end_x)
+
+
+def _pool(x: Tensor, *, sums: bool, dtype: torch.dtype) -> Tensor:
+    """Pool one level into its parents: means (or sums) of 1, 2 or 4 children.
+
+    Args:
+        x: ``[T, h, w, C]`` child level.
+        sums: Return sums instead of means (the area-weighted pyramid).
+        dtype: Dtype of the result (each level is rounded once, as the reference
+            rounds its model-dtype pooling).
+    """
+    h, w = x.shape[1], x.shape[2]
+    # [T, h, w, C] -> [T, C, h, w] (a channels-last view, no copy)
+    xc = x.permute(0, 3, 1, 2).float()
+    # Zero rows/columns in front of an odd axis turn its 1-wide border into a
+    # 2-wide window; adding zeros first keeps the sums bit-identical.
+    xc = F.pad(xc, (w % 2, 0, h % 2, 0))
+    out = F.avg_pool2d(xc, kernel_size=2, stride=2, divisor_override=1)
+    if not sums:
+        rows = torch.bincount(parent_index(h, x.device)).to(torch.float32)
+        cols = torch.bincount(parent_index(w, x.device)).to(torch.float32)
+        out = out / (rows[:, None] * cols[None, :])
+    # [T, C, h', w'] -> [T, h', w', C]
+    return out.permute(0, 2, 3, 1).to(dtype)
+
+
+def build_pyramid(
+    grid: Tensor, lattice: Lattice, *, sums: bool, dtype: torch.dtype
+) -> list[Tensor]:
+    """Return the level features, root first; the finest level is ``grid`` itself.
+
+    Args:
+        grid: ``[T, H, W, C]`` token features.
+        lattice: The levels to build.
+        sums: Build sums of the finest patches (``weighted_avg``) instead of means
+            of the children.
+        dtype: Dtype of the pooled levels.
+    """
+    levels = [grid]
+    for _ in range(lattice.n_levels - 1):
+        levels.insert(0, _pool(levels[0], sums=sums, dtype=dtype))
+    return levels
+
+
+def unit(x: Tensor, head_dim: int | None, *, temporal: bool) -> Tensor:
+    """Return float32 unit vectors of ``x [..., C]``, per head when ``head_dim`` is set.
+
+    The spatial stage divides by ``max(norm, 1e-8)`` (``F.cosine_similarity``) and
+    the temporal stage by ``norm + 1e-8``, following the two reference formulas.
+    The dot product of two results, summed per head and averaged over heads, is
+    their (per-head mean) cosine similarity; see :func:`head_dot`.
+    """
+    c = x.shape[-1]
+    hd = c if head_dim is None else head_dim
+    # [..., C] -> [..., heads, head_dim]
+    xh = x.float().reshape(*x.shape[:-1], c // hd, hd)
+    norm = torch.linalg.vector_norm(xh, dim=-1, keepdim=True)
+    norm = norm + SPATIAL_EPS if temporal else norm.clamp_min(SPATIAL_EPS)
+    # [..., heads, head_dim] -> [..., C]
+    out: Tensor = (xh / norm).reshape(x.shape)
+    return out
+
+
+def head_dot(prod: Tensor, head_dim: int | None) -> Tensor:
+    """Reduce a product of unit vectors ``[..., C]`` to cosines ``[...]``."""
+    c = prod.shape[-1]
+    hd = c if head_dim is None else head_dim
+    # [..., C] -> [..., heads, head_dim]
+    out: Tensor = prod.reshape(*prod.shape[:-1], c // hd, hd).sum(-1).mean(-1)
+    return out
+
+
+def _slot_valid(n_child: int, n_parent: int, device: torch.device) -> Tensor:
+    """Return ``[n_parent, 2]`` whether each child slot exists along one axis."""
+    valid = torch.ones(n_parent, 2, dtype=torch.bool, device=device)
+    if n_child % 2:
+        valid[0, 0] = False  # the zero-padded slot in front of the 1-wide border
+    return valid
+
+
+def _level_scores(
+    parent: Tensor,
+    child: Tensor,
+    head_dim: int | None,
+    reference: bool,
+    child_score: Tensor | None,
+) -> Tensor:
+    """Return ``[T, h, w]`` each parent's minimum similarity to its children.
+
+    Args:
+        parent: ``[T, h, w, C]`` parent level.
+        child: ``[T, h', w', C]`` child level.
+        head_dim: Per-head similarity width, or None for the whole vector.
+        reference: Let missing odd-border slots read the child at ``(t, 0, 0)``.
+        child_score: ``[T, h', w']`` scores of the child level (None when it is the
+            finest); a single-child parent defers to it in fixed mode.
+    """
+    t, h, w, c = parent.shape
+    _, hc, wc, _ = child.shape
+    up = unit(parent, head_dim, temporal=False)
+    uc = unit(child, head_dim, temporal=False)
+    if hc % 2 or wc % 2:
+        uc_even = F.pad(uc, (0, 0, wc % 2, 0, hc % 2, 0))  # padded slots are zero
+    else:
+        uc_even = uc
+    # [T, 2h, 2w, C] -> [T, h, 2, w, 2, C]
+    ucp = uc_even.reshape(t, h, 2, w, 2, c)
+    prod = ucp * up[:, :, None, :, None, :]
+    sims = head_dot(prod, head_dim)  # [T, h, 2, w, 2]
+    del prod, ucp, uc_even
+    vy = _slot_valid(hc, h, parent.device)
+    vx = _slot_valid(wc, w, parent.device)
+    valid = vy[:, :, None, None] & vx[None, None, :, :]  # [h, 2, w, 2]
+    score = sims.masked_fill(~valid, math.inf).amin(dim=(2, 4))  # [T, h, w]
+    missing = ~valid.all(dim=3).all(dim=1)  # [h, w] parents with a missing slot
+    if reference:
+        # Missing slots point at child (t, 0, 0) and take part in the test.
+        corner = head_dot(up * uc[:, :1, :1, :], head_dim)  # [T, h, w]
+        return torch.where(missing, torch.minimum(score, corner), score)
+    if child_score is not None:
+        single = valid.sum(dim=(1, 3)) == 1  # [h, w]
+        # The lone child sits at the parent's first row/column of the child level.
+        first_y = torch.clamp(2 * torch.arange(h, device=parent.device) - hc % 2, 0)
+        first_x = torch.clamp(2 * torch.arange(w, device=parent.device) - wc % 2, 0)
+        deferred = child_score[:, first_y][:, :, first_x]
+        return torch.where(single, deferred, score)
+    return score
+
+
+def stop_scores(
+    levels: list[Tensor], head_dim: int | None, *, reference: bool
+) -> list[Tensor]:
+    """Return each non-finest level's stop scores ``[T, h, w]``, root first.
+
+    A parent stops (is kept whole) at threshold ``tau_s`` when its score is at least
+    ``tau_s``. The scores do not depend on the threshold.
+    """
+    scores: list[Tensor] = []
+    child_score: Tensor | None = None
+    for lvl in range(len(levels) - 2, -1, -1):
+        child_score = _level_scores(
+            levels[lvl], levels[lvl + 1], head_dim, reference, child_score
+        )
+        scores.insert(0, child_score)
+    return scores
+
+
+def patch_scores(scores: list[Tensor], lattice: Lattice, t: int) -> Tensor:
+    """Spread the level scores to the patches: ``[L-1, T, H, W]`` ancestor scores."""
+    h, w = lattice.sizes[-1]
+    if not scores:
+        return torch.empty(0, t, h, w, device=lattice.anc_y.device)
+    rows = [
+        s.index_select(1, lattice.anc_y[lvl]).index_select(2, lattice.anc_x[lvl])
+        for lvl, s in enumerate(scores)
+    ]
+    return torch.stack(rows)
+
+
+@dataclass(frozen=True)
+class Partition:
+    """The nodes kept by the spatial stage, over all frames.
+
+    Node ids follow the reference's output order: frame, then the raster order of
+    each node's top-left patch.
+
+    Attributes:
+        node: ``[T, H, W]`` id of the node holding each patch.
+        level: ``[T, H, W]`` level that node was kept at.
+        is_top_left: ``[T, H, W]`` whether the patch is its node's top-left corner.
+        area: ``[T, H, W]`` patch count of the patch's node.
+        tl_index: ``[Nn]`` flat patch index of each node's top-left corner.
+        tlbr: ``[Nn, 5]`` each node's ``(t, y0, x0, y1, x1)`` in patch units.
+    """
+
+    node: Tensor
+    level: Tensor
+    is_top_left: Tensor
+    area: Tensor
+    tl_index: Tensor
+    tlbr: Tensor
+
+    @property
+    def n_nodes(self) -> int:
+        """Number of nodes ``Nn``."""
+        return int(self.tl_index.shape[0])
+
+
+def partition(pscores: Tensor, lattice: Lattice, tau_s: float) -> Partition:
+    """Cut the quadtree at ``tau_s``: each patch joins its first stopping ancestor.
+
+    Args:
+        pscores: ``[L-1, T, H, W]`` from :func:`patch_scores`.
+        lattice: The levels.
+        tau_s: Spatial threshold.
+    """
+    n_lv = lattice.n_levels
+    _, t, h, w = pscores.shape
+    dev = pscores.device
+    if n_lv == 1:
+        lvl = torch.zeros(t, h, w, dtype=torch.long, device=dev)
+    else:
+        ok = pscores >= tau_s  # [L-1, T, H, W]
+        first = ok.to(torch.uint8).argmax(dim=0)  # first stopping level
+        lvl = torch.where(ok.any(dim=0), first, n_lv - 1)
+    yy = torch.arange(h, device=dev)[None, :, None].expand(t, h, w)
+    xx = torch.arange(w, device=dev)[None, None, :].expand(t, h, w)
+    y0, y1 = lattice.start_y[lvl, yy], lattice.end_y[lvl, yy]
+    x0, x1 = lattice.start_x[lvl, xx], lattice.end_x[lvl, xx]
+    is_tl = (y0 == yy) & (x0 == xx)
+    tt = torch.arange(t, device=dev)[:, None, None]
+    tl_flat = ((tt * h + y0) * w + x0).reshape(-1)  # [T*H*W]
+    ids = torch.cumsum(is_tl.reshape(-1), 0) - 1
+    node = ids[tl_flat].reshape(t, h, w)
+    tl_index = torch.nonzero(is_tl.reshape(-1)).squeeze(1)
+    tlbr = torch.stack(
+        [
+            tl_index // (h * w),
+            y0.reshape(-1)[tl_index],
+            x0.reshape(-1)[tl_index],
+            y1.reshape(-1)[tl_index],
+            x1.reshape(-1)[tl_index],
+        ],
+        dim=1,
+    )
+    area = (y1 - y0) * (x1 - x0)
+    return Partition(node, lvl, is_tl, area, tl_index, tlbr)
+
+
+def node_features(
+    levels: list[Tensor], lattice: Lattice, part: Partition, dtype: torch.dtype
+) -> Tensor:
+    """Return ``[Nn, C]`` the level feature of every node, in node order."""
+    c = levels[-1].shape[-1]
+    lvl = part.level.reshape(-1)[part.tl_index]
+    t, y0, x0 = part.tlbr[:, 0], part.tlbr[:, 1], part.tlbr[:, 2]
+    out = levels[-1].new_empty(part.n_nodes, c, dtype=dtype)
+    for i, feats in enumerate(levels):
+        sel = torch.nonzero(lvl == i).squeeze(1)
+        ay = lattice.anc_y[i][y0[sel]]
+        ax = lattice.anc_x[i][x0[sel]]
+        out[sel] = feats[t[sel], ay, ax].to(out.dtype)
+    return out
