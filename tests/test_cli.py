@@ -157,10 +157,11 @@ def test_run_without_runner_is_a_clear_error(capsys, fake_plugin, monkeypatch):
 def test_report_delegates(capsys, monkeypatch):
     calls = []
     fake = types.ModuleType("tokenred.report")
-    fake.main_report = lambda dirs, out=None: calls.append((dirs, out)) or 0  # type: ignore[attr-defined]
+    fake.main_report = lambda dirs, out=None: calls.append((dirs, out)) or "o/x"  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "tokenred.report", fake)
-    code, _, _ = run_cli(capsys, "report", "a", "b", "--out", "o")
+    code, out, _ = run_cli(capsys, "report", "a", "b", "--out", "o")
     assert code == 0 and calls == [(["a", "b"], "o")]
+    assert out == "report written to o/x\n"
 
 
 class CommandPlugin:

@@ -104,7 +104,7 @@ def config_reference() -> str:
     """Return the generated part of ``docs/config.md``: one table per section."""
     from tokenred.schema import ExperimentConfig, StudyConfig
 
-    out = ["## Top level\n", "| key | type | default | description |"]
+    out = ["### Top level\n", "| key | type | default | description |"]
     out.append("| --- | --- | --- | --- |")
     rows = [r for r in describe_fields(ExperimentConfig) if "." not in r.key]
     for row in rows:
@@ -117,10 +117,10 @@ def config_reference() -> str:
             continue
         cls = type(default)
         summary = (cls.__doc__ or "").strip().splitlines()[0]
-        out.append(f"\n## `{f.name}`: {f.metadata.get('help', '')}\n")
+        out.append(f"\n### `{f.name}`: {f.metadata.get('help', '')}\n")
         out.append(f"{summary} (`{cls.__module__}.{cls.__name__}`)\n")
         out.append(fields_table(cls, f.name + "."))
-    out.append("\n## Study files\n")
+    out.append("\n### Study files\n")
     out.append(
         "A YAML file whose top-level keys are only `study`, `base` and `sweep` is a "
         "study (`tokenred.config.StudyConfig`).\n"

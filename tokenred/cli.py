@@ -181,7 +181,9 @@ def _check_command(p: argparse.ArgumentParser, session: Session) -> None:
 
 def _report_command(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run store(s)")
-    p.add_argument("--out", metavar="DIR", help="output directory")
+    p.add_argument(
+        "--out", metavar="DIR", help="output directory (default: RUN_DIR/../report)"
+    )
     p.set_defaults(func=_cmd_report)
 
 
@@ -356,7 +358,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
             raise
         msg = "this installation has no report module (tokenred.report is missing)"
         raise UsageError(msg) from None
-    return int(main_report(args.run_dirs, out=args.out) or 0)
+    out = main_report(args.run_dirs, args.out)
+    print(f"report written to {out}")
+    return int(ExitCode.OK)
 
 
 # ------------------------------------------------------------------------------ main
