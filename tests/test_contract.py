@@ -216,3 +216,36 @@ def test_checks_table_has_one_row_per_check():
     rows = checks_table().splitlines()[2:]
     assert len(rows) == len(CHECKS)
     assert all(row.count("|") >= 3 and row.split("|")[2].strip() for row in rows)
+
+
+def test_plugin_author_path_with_opt_in_fixtures(tmp_path):
+    """A plugin repo's conftest opts into the fixtures; its test uses the decorator."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "conftest.py").write_text(
+        'pytest_plugins = ["tokenred.testing.fixtures"]\n'
+    )
+    (tmp_path / "test_plugin.py").write_text(
+        "from tokenred.testing import parametrize_with_checks\n"
+        "\n"
+        "def test_fixtures(pm, registries):\n"
+        "    assert pm.has_plugin('tokenred.builtin.reducers')\n"
+        "    assert 'random' in registries.reducers\n"
+        "\n"
+        "@parametrize_with_checks(['random'])\n"
+        "def test_contract(reducer, check):\n"
+        "    check(reducer)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},  # tiny tensors, shared CPU
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"{1 + len(CHECKS)} passed" in proc.stdout, proc.stdout
