@@ -51,6 +51,7 @@ from tokenred.schema import (
     StudyConfig,
     check_budget,
     parse_budget,
+    to_dict,
 )
 
 if TYPE_CHECKING:
@@ -452,21 +453,6 @@ def load_config(
         )
         raise ConfigError(msg)
     return study.experiments[0]
-
-
-def to_dict(config: Any) -> dict[str, Any]:
-    """Return a dataclass config as plain YAML/JSON-ready values (enums by value)."""
-
-    def plain(value: Any) -> Any:
-        if isinstance(value, Enum):
-            return value.value
-        if isinstance(value, Mapping):
-            return {str(k): plain(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [plain(v) for v in value]
-        return value
-
-    return typing.cast("dict[str, Any]", plain(dataclasses.asdict(config)))
 
 
 def to_yaml(config: Any) -> str:

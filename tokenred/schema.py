@@ -8,7 +8,11 @@ no OmegaConf: :mod:`tokenred.config` merges YAML files, flags and overrides onto
 
 from __future__ import annotations
 
+import dataclasses
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from tokenred.adapter import AdapterConfig, BudgetSpec
@@ -30,6 +34,7 @@ __all__ = [
     "StudyConfig",
     "check_budget",
     "parse_budget",
+    "to_dict",
 ]
 
 SELECTORS = ("reducer", "model", "data")
@@ -277,3 +282,18 @@ class Study:
     experiments: tuple[ExperimentConfig, ...]
     points: tuple[dict[str, Any], ...]
     """The swept values of each experiment (empty dicts without a sweep)."""
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """Return a dataclass config as plain YAML/JSON-ready values (enums by value)."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, Enum):
+            return value.value
+        if isinstance(value, Mapping):
+            return {str(k): plain(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [plain(v) for v in value]
+        return value
+
+    return typing.cast("dict[str, Any]", plain(dataclasses.asdict(config)))
