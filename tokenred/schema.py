@@ -178,7 +178,8 @@ class MeasureConfig:
         metadata=_help("time vision, reducer, prefill (TTFT), decode and end to end"),
     )
     warmup: int = field(
-        default=1, metadata=_help("untimed warm-up samples before timing starts")
+        default=1,
+        metadata=_help("untimed warm-up passes of each sample before the timed ones"),
     )
     repeats: int = field(
         default=3,
@@ -186,6 +187,13 @@ class MeasureConfig:
     )
     memory: bool = field(
         default=True, metadata=_help("record peak memory (GPU allocated or CPU RSS)")
+    )
+    baseline: bool = field(
+        default=True,
+        metadata=_help(
+            "also run the unreduced model (reducer none) on the same samples, for "
+            "relative accuracy, TTFT and FLOPs and answer agreement"
+        ),
     )
     kv_reuse: int = field(
         default=0,
@@ -216,6 +224,13 @@ class OutputConfig:
     overwrite: bool = field(
         default=False,
         metadata=_help("start the run store afresh instead of resuming it"),
+    )
+    feature_cache: bool = field(
+        default=True,
+        metadata=_help(
+            "cache vision-encoder outputs under output.root/_features, keyed by "
+            "model, video and frame sampling"
+        ),
     )
 
 
