@@ -27,7 +27,10 @@ ENV_DISABLE = "TOKENRED_DISABLE_PLUGINS"
 ENV_NO_AUTOLOAD = "TOKENRED_DISABLE_PLUGIN_AUTOLOAD"
 ENV_TRACE = "TOKENRED_TRACE_PLUGINS"
 
-DEFAULT_PLUGINS: tuple[str, ...] = ("tokenred.builtin.reducers",)
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "tokenred.builtin.reducers",
+    "tokenred.builtin.models",
+)
 """Modules of the builtin plugins, registered under their module name."""
 
 

@@ -1,0 +1,1 @@
+"""Hugging Face model adapters, imported lazily through the plugin registry."""

@@ -1,0 +1,345 @@
+"""The shared Hugging Face video-LLM adapter: model parts, prompts, forwards.
+
+Family modules (LLaVA-OneVision, Qwen2-VL, LLaVA-NeXT-Video) only say how pixels,
+the video placeholder block and positions are built; the procedures (prefill,
+decode, prefix reuse) are in :mod:`tokenred.adapters._inference` and the reduction
+engine in :mod:`tokenred.insertion`. transformers is imported inside functions, so
+listing or registering adapters stays cheap.
+
+Prefill feeds ``inputs_embeds`` (text embeddings with the visual rows written in)
+and explicit ``position_ids`` to the model's own ``forward``; decoding is a greedy
+loop over ``forward`` with a ``DynamicCache``, so positions after a reduction are
+under tokenred's control rather than ``generate``'s bookkeeping.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import abstractmethod
+from collections.abc import Sequence
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from tokenred.adapter import (
+    Generation,
+    ModelAdapter,
+    PrefillResult,
+    PrefixCache,
+    ReductionPlan,
+    VideoFeatures,
+)
+from tokenred.adapters._common import ChatTemplate, check_checkpoint_dir, check_frames
+from tokenred.adapters._inference import (
+    greedy_decode,
+    prefill_from_prefix,
+    run_prefill,
+)
+from tokenred.adapters._runtime import (
+    load_checkpoint,
+    resolve_attn,
+    resolve_device,
+    stop_ids,
+)
+from tokenred.arch import ArchSpec, VisionSpec
+from tokenred.errors import ModelLoadError, UsageError
+from tokenred.insertion import (
+    LayerReduction,
+    Layout,
+    scrub_position_ids,
+)
+
+log = logging.getLogger(__name__)
+
+
+class HFVideoAdapter(ModelAdapter):
+    """Base class of the Hugging Face video-LLM adapters."""
+
+    model_class: ClassVar[str] = ""
+    """transformers class name, e.g. ``LlavaOnevisionForConditionalGeneration``."""
+    chat: ClassVar[ChatTemplate]
+    allow_random_init: ClassVar[bool] = False
+    """Whether a checkpoint without weights gets a seeded random init (tiny)."""
+
+    def __init__(self, config: Any = None) -> None:
+        """Store the config; nothing is loaded yet."""
+        super().__init__(config)
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._path: Path | None = None
+        self._random_weights = False
+        self._device = torch.device("cpu")
+        self._attn = self.config.attn_implementation
+
+    # ----------------------------------------------------------------- family parts
+    @abstractmethod
+    def _pixels(
+        self, frames: np.ndarray, timestamps: Sequence[float] | None
+    ) -> dict[str, Tensor]:
+        """Return the vision-tower inputs for ``[T, H, W, 3]`` uint8 frames."""
+
+    @abstractmethod
+    def _features(self, pixels: dict[str, Tensor]) -> VideoFeatures:
+        """Run the vision tower + projector (under inference mode)."""
+
+    @abstractmethod
+    def _video_block(self, video: VideoFeatures) -> tuple[list[int], int]:
+        """Return the placeholder ids of the video block and its first visual row."""
+
+    @abstractmethod
+    def _vision_spec(self) -> VisionSpec:
+        """Describe the vision tower for the FLOPs model."""
+
+    def _positions(self, ids: list[int], video: VideoFeatures) -> Tensor:
+        """Return ``[A, L]`` positions of the unreduced sequence (1-D: arange)."""
+        return torch.arange(len(ids), device=self._device).unsqueeze(0)
+
+    def _fill_extra(self, embeds: Tensor, vis_start: int, video: VideoFeatures) -> None:
+        """Write non-reducible visual rows (e.g. a newline) into ``embeds``."""
+
+    def _rope_ids(self, positions: Tensor) -> Tensor:
+        """Convert ``[A, L]`` positions to the model's ``position_ids`` layout."""
+        # 1-D: [1, L] is already [B=1, L]; M-RoPE: [3, L] -> [3, B=1, L]
+        return positions if self.rope == "1d" else positions.unsqueeze(1)
+
+    # ---------------------------------------------------------------------- loading
+    def _checkpoint_path(self) -> Path:
+        if self.config.path is None:
+            msg = (
+                f"model '{self.name}' needs a local checkpoint: set model.path=DIR or "
+                "pass --model DIR (a save_pretrained directory)"
+            )
+            raise ModelLoadError(msg)
+        return Path(self.config.path).expanduser()
+
+    def load(self) -> None:
+        """Load weights and tokenizer from the checkpoint directory."""
+        path = check_checkpoint_dir(
+            self._checkpoint_path(), weights=not self.allow_random_init
+        )
+        self._device = resolve_device(self.config.device)
+        dtype = self.config.dtype.torch
+        self._attn = resolve_attn(self.config.attn_implementation, self._device, dtype)
+        model, self._tokenizer, self._random_weights = load_checkpoint(
+            self.model_class,
+            path,
+            dtype=dtype,
+            attn=self._attn,
+            seed=self.config.seed,
+            label=self.name,
+        )
+        self._model = model.to(self._device).eval()
+        self._path = path
+        self._eos = stop_ids(self._tokenizer, self._model)
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the loaded model."""
+        return self._device
+
+    @property
+    def stop_ids(self) -> set[int]:
+        """Token ids that end an answer."""
+        return self._eos
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        """Decode generated ids to text without special tokens."""
+        return str(self._tokenizer.decode(list(ids), skip_special_tokens=True)).strip()
+
+    def _require_loaded(self) -> Any:
+        if self._model is None:
+            msg = f"model '{self.name}' is not loaded; call load() first"
+            raise UsageError(msg)
+        return self._model
+
+    @property
+    def text_config(self) -> Any:
+        """The LLM's transformers config."""
+        return self._require_loaded().config.text_config
+
+    @property
+    def layers(self) -> Any:
+        """The LLM's decoder layers (``ModuleList``)."""
+        return self._require_loaded().model.language_model.layers
+
+    @property
+    def head_dim(self) -> int:
+        """Attention head width of the LLM."""
+        tc = self.text_config
+        return int(
+            getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads
+        )
+
+    @property
+    def arch(self) -> ArchSpec:
+        """LLM and vision-tower facts from the checkpoint config."""
+        tc = self.text_config
+        return ArchSpec(
+            family=self.family,
+            layers=int(tc.num_hidden_layers),
+            hidden_size=int(tc.hidden_size),
+            heads=int(tc.num_attention_heads),
+            kv_heads=int(tc.num_key_value_heads),
+            head_dim=self.head_dim,
+            intermediate_size=int(tc.intermediate_size),
+            vocab_size=int(tc.vocab_size),
+            rope=self.rope,
+            vision=self._vision_spec(),
+            extra={"model_class": self.model_class},
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """Manifest entry: name, path, family, dtype, device, attention, weights."""
+        info = super().describe()
+        info.update(
+            path=str(self._path) if self._path else self.config.path,
+            device=str(self._device),
+            attn_implementation=self._attn,
+            random_weights=self._random_weights,
+        )
+        if self._model is not None:
+            info["parameters"] = int(sum(p.numel() for p in self._model.parameters()))
+        return info
+
+    # ----------------------------------------------------------------------- vision
+    def encode_video(
+        self, frames: np.ndarray, timestamps: Sequence[float] | None = None
+    ) -> VideoFeatures:
+        """Build pixels from decoded frames and run the vision tower + projector."""
+        self._require_loaded()
+        pixels = self._pixels(check_frames(frames), timestamps)
+        with torch.inference_mode():
+            return self._features(pixels)
+
+    # ---------------------------------------------------------------------- prefill
+    def _tokens(self, text: str) -> list[int]:
+        return list(self._tokenizer.encode(text, add_special_tokens=False))
+
+    def _prompt_ids(self, prompt: str) -> tuple[list[int], list[int]]:
+        """Return (ids before the video block, ids after it) of the chat prompt."""
+        chat = self.chat
+        before = self._tokens(chat.before_video)
+        bos = self._tokenizer.bos_token_id
+        if chat.bos and bos is not None:
+            before = [int(bos), *before]
+        after = self._tokens(chat.after_video + prompt + chat.after_prompt)
+        return before, after
+
+    def _layout(
+        self,
+        video: VideoFeatures,
+        before: list[int],
+        after: list[int],
+        continuation: Sequence[int] = (),
+    ) -> tuple[list[int], Layout]:
+        block, offset = self._video_block(video)
+        ids = [*before, *block, *after]
+        pos = self._positions(ids, video)
+        if continuation:
+            tail = pos.max() + 1 + torch.arange(len(continuation), device=pos.device)
+            pos = torch.cat([pos, tail.expand(pos.shape[0], -1)], dim=1)
+            ids = [*ids, *(int(c) for c in continuation)]
+        layout = Layout(
+            positions=pos,
+            vis_start=len(before) + offset,
+            n_visual=video.n,
+            grid=video.grid,
+            query_start=len(before) + len(block),
+        )
+        return ids, layout
+
+    def _embeds(self, ids: list[int], layout: Layout, video: VideoFeatures) -> Tensor:
+        model = self._model
+        id_t = torch.tensor([ids], device=self._device)
+        embeds: Tensor = model.get_input_embeddings()(id_t)
+        vs, n = layout.vis_start, layout.n_visual
+        embeds[0, vs : vs + n] = video.features.to(embeds.dtype)
+        self._fill_extra(embeds, vs, video)
+        return embeds
+
+    def _rotary(self, x: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
+        lm = self._model.model.language_model
+        cos, sin = lm.rotary_emb(x, self._rope_ids(positions))
+        return cos, sin
+
+    def _forward(
+        self,
+        cache: Any,
+        positions: Tensor,
+        *,
+        embeds: Tensor | None = None,
+        ids: Sequence[int] = (),
+        controller: LayerReduction | None = None,
+    ) -> Tensor:
+        """Run one cached forward; return the last position's ``[V]`` logits."""
+        with ExitStack() as stack:
+            if controller is not None:
+                stack.enter_context(controller.step(positions))
+            if self._attn.startswith("flash"):
+                for h in scrub_position_ids(self.layers):
+                    stack.callback(h.remove)
+            inputs: dict[str, Any] = (
+                {"inputs_embeds": embeds}
+                if embeds is not None
+                else {"input_ids": torch.tensor([list(ids)], device=self._device)}
+            )
+            out = self._model(
+                **inputs,
+                position_ids=self._rope_ids(positions),
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        logits: Tensor = out.logits[0, -1].float()
+        return logits
+
+    def _new_cache(self) -> Any:
+        from transformers import DynamicCache
+
+        return DynamicCache(config=self.text_config)
+
+    def prefill(
+        self,
+        video: VideoFeatures,
+        prompt: str,
+        plan: ReductionPlan | None = None,
+        *,
+        continuation_ids: Sequence[int] = (),
+    ) -> PrefillResult:
+        """Prefill the chat prompt around ``video``, reducing as ``plan`` says."""
+        self._require_loaded()
+        before, after = self._prompt_ids(prompt)
+        return run_prefill(self, video, before, after, plan, continuation_ids)
+
+    def decode(
+        self,
+        state: PrefillResult,
+        max_new_tokens: int | None = None,
+        *,
+        return_scores: bool = False,
+    ) -> Generation:
+        """Greedy decoding from ``state``; its cache is consumed."""
+        limit = max_new_tokens or self.config.max_new_tokens
+        return greedy_decode(self, state, limit, return_scores=return_scores)
+
+    def prefill_prefix(
+        self, video: VideoFeatures, plan: ReductionPlan | None = None
+    ) -> PrefixCache:
+        """Prefill system prompt + video once, reduced; answer questions from copies."""
+        self._require_loaded()
+        if plan is not None:
+            self.check_plan(plan, reuse=True)
+        before, _ = self._prompt_ids("")
+        state = run_prefill(self, video, before, [], plan)
+        return PrefixCache(prefill=state, video_grid=video.grid)
+
+    def answer(
+        self, prefix: PrefixCache, prompt: str, max_new_tokens: int | None = None
+    ) -> Generation:
+        """Answer ``prompt`` from a copy of ``prefix``'s cache (the prefix is kept)."""
+        state = prefill_from_prefix(self, prefix, prompt)
+        return self.decode(state, max_new_tokens)

@@ -1,0 +1,206 @@
+"""Prefill, greedy decoding and prefix-cache answers over an HF adapter.
+
+Positions (``[A, L]``, A=1 or 3) are explicit everywhere:
+
+* the unreduced layout has the model's own positions; tokens appended after a
+  prompt (decoded tokens, continuation ids) continue from its maximum + 1, as
+  ``generate`` does (Qwen2-VL's ``rope_deltas``);
+* after a pre-LLM reduction the model sees the spliced positions, and later tokens
+  move down by the removed count under ``reassign`` (``model_shift``);
+* after an in-LLM reduction layers < K keep the unreduced positions, and the
+  :class:`~tokenred.insertion.LayerReduction` hooks shift layers >= K themselves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from tokenred.adapters._runtime import Session, cache_bytes, copy_cache
+from tokenred.errors import UsageError
+from tokenred.insertion import (
+    LayerReduction,
+    Layout,
+    Spliced,
+    reduce_pre_llm,
+    resolve_policy,
+    schedules,
+    splice,
+)
+from tokenred.model_io import Generation, PrefillResult
+from tokenred.tokens import Stage
+
+if TYPE_CHECKING:
+    from tokenred.adapters._hf import HFVideoAdapter
+    from tokenred.model_io import PrefixCache, VideoFeatures
+    from tokenred.plan import ReductionPlan
+
+
+def run_prefill(
+    adapter: HFVideoAdapter,
+    video: VideoFeatures,
+    before: list[int],
+    after: list[int],
+    plan: ReductionPlan | None,
+    continuation: Sequence[int] = (),
+) -> PrefillResult:
+    """Prefill ``before + video block + after (+ continuation)``, reduced per plan."""
+    video = video.to(adapter.device)
+    ids, layout = adapter._layout(video, before, after, continuation)
+    if plan is not None:
+        adapter.check_plan(plan)
+    cache = adapter._new_cache()
+    controller: LayerReduction | None = None
+    sp: Spliced | None = None
+    reduction = None
+    with torch.inference_mode():
+        embeds = adapter._embeds(ids, layout, video)
+        positions = layout.positions
+        if plan is not None and plan.stage is Stage.PRE_LLM:
+            reduction, sp = reduce_pre_llm(
+                plan,
+                layout,
+                video.features.to(embeds.dtype),
+                resolve_policy(plan, adapter.rope),
+                head_dim=adapter.head_dim,
+                query=embeds[0, layout.query_start :],
+            )
+            embeds = splice(embeds, sp, reduction.tokens.features)
+            positions = sp.positions
+        elif plan is not None:
+            controller = LayerReduction(
+                adapter.layers,
+                adapter._rotary,
+                plan=plan,
+                layout=layout,
+                policy=resolve_policy(plan, adapter.rope),
+                head_dim=adapter.head_dim,
+            )
+        logits = adapter._forward(
+            cache, positions, embeds=embeds, controller=controller
+        )
+    if controller is not None:
+        reduction, sp = controller.reduction, controller.spliced
+    model_shift = sp.shift if (sp is not None and controller is None) else 0
+    session = Session(
+        cache=cache,
+        ids=ids,
+        video=video,
+        controller=controller,
+        next_pos=layout.positions.max() + 1 - model_shift,
+        model_shift=model_shift,
+    )
+    return _result(adapter, session, layout, plan, sp, reduction, logits)
+
+
+def _result(
+    adapter: HFVideoAdapter,
+    session: Session,
+    layout: Layout,
+    plan: ReductionPlan | None,
+    sp: Spliced | None,
+    reduction: Any,
+    logits: Tensor,
+) -> PrefillResult:
+    n_out = sp.n_out if sp is not None else layout.n_visual
+    reduced = sp.length if sp is not None else layout.length
+    k = plan.layer if plan is not None else 0
+    n_layers = len(adapter.layers)
+    seq, vis = schedules(n_layers, k, layout.length, reduced, layout.n_visual, n_out)
+    return PrefillResult(
+        n_visual_in=layout.n_visual,
+        n_visual_out=n_out,
+        schedule=seq,
+        visual_schedule=vis,
+        reduction_info=dict(reduction.info) if reduction is not None else {},
+        kv_cache_bytes=cache_bytes(session.cache),
+        prompt_len=layout.length,
+        logits=logits,
+        stage=plan.stage.value if plan is not None else "none",
+        layer=k,
+        policy=resolve_policy(plan, adapter.rope).value if plan is not None else "",
+        budget=plan.budget.resolve(layout.n_visual) if plan is not None else None,
+        reduction=reduction,
+        session=session,
+    )
+
+
+def greedy_decode(
+    adapter: HFVideoAdapter, state: PrefillResult, limit: int, *, return_scores: bool
+) -> Generation:
+    """Decode greedily from ``state`` for at most ``limit`` tokens (consumes it)."""
+    session: Session | None = state.session
+    if session is None or session.consumed:
+        msg = "this prefill state was already decoded; prefill again to re-decode"
+        raise UsageError(msg)
+    session.consumed = True
+    axes = 1 if adapter.rope == "1d" else 3
+    logits, tokens, scores = state.logits, [], []
+    steps = 0
+    with torch.inference_mode():
+        for i in range(limit):
+            tok = int(torch.argmax(logits))
+            tokens.append(tok)
+            scores.append(logits)
+            if tok in adapter.stop_ids or i == limit - 1:
+                break
+            # one new token at the same position on every M-RoPE axis: [A, 1]
+            pos = (session.next_pos + i).reshape(1, 1).expand(axes, 1)
+            logits = adapter._forward(
+                session.cache, pos, ids=[tok], controller=session.controller
+            )
+            steps += 1
+    return Generation(
+        text=adapter.detokenize(tokens),
+        token_ids=tokens,
+        prefill=state,
+        decode_steps=steps,
+        scores=torch.stack(scores) if return_scores else None,
+    )
+
+
+def prefill_from_prefix(
+    adapter: HFVideoAdapter, prefix: PrefixCache, prompt: str
+) -> PrefillResult:
+    """Prefill ``prompt``'s tokens after a copy of a prefix cache."""
+    base = prefix.prefill
+    src: Session = base.session
+    _, after = adapter._prompt_ids(prompt)
+    full = [*src.ids, *after]
+    cache = copy_cache(src.cache, adapter._new_cache())
+    controller = src.controller.fork() if src.controller is not None else None
+    with torch.inference_mode():
+        # positions of the whole unreduced prompt, as a full prefill computes them
+        positions = adapter._positions(full, src.video)
+        q_pos = positions[:, len(src.ids) :] - src.model_shift
+        logits = adapter._forward(cache, q_pos, ids=after, controller=controller)
+    session = Session(
+        cache=cache,
+        ids=full,
+        video=src.video,
+        controller=controller,
+        next_pos=positions.max() + 1 - src.model_shift,
+        model_shift=src.model_shift,
+    )
+    prefix.answers += 1
+    q = len(after)
+    return PrefillResult(
+        n_visual_in=base.n_visual_in,
+        n_visual_out=base.n_visual_out,
+        schedule=[s + q for s in base.schedule],
+        visual_schedule=list(base.visual_schedule),
+        reduction_info=dict(base.reduction_info),
+        kv_cache_bytes=cache_bytes(cache),
+        prompt_len=len(full),
+        logits=logits,
+        stage=base.stage,
+        layer=base.layer,
+        policy=base.policy,
+        budget=base.budget,
+        reduction=base.reduction,
+        prefix_schedule=list(base.schedule),
+        session=session,
+    )

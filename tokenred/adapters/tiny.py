@@ -1,0 +1,50 @@
+"""The embedded default model ``tiny``: a toy LLaVA-OneVision that needs no download.
+
+Its config and word-level tokenizer are committed under ``tokenred/assets/tiny/``
+(regenerate them with ``python -m tokenred.assets.build_tiny``). Layout of a
+LLaVA-Video checkpoint at toy size: a 4-layer Qwen2 LLM (hidden 128, 4 heads, 2 KV
+heads) and a 2-layer SigLIP tower on 112x112 frames with 4x4 patches, so each frame
+gives 28x28 patches, pooled to 14x14 = 196 visual tokens as in the real model.
+
+Until trained weights are committed (``model.safetensors`` in the assets folder),
+the weights are a seeded random init: answers are meaningless, a warning is
+logged, and :meth:`describe` reports ``random_weights: True``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import ClassVar
+
+from tokenred.adapter import AdapterConfig
+from tokenred.adapters.llava_onevision import LlavaOnevisionAdapter
+
+
+def assets_dir() -> Path:
+    """Return the directory of the embedded tiny checkpoint."""
+    return Path(str(resources.files("tokenred") / "assets" / "tiny"))
+
+
+@dataclass
+class TinyAdapterConfig(AdapterConfig):
+    """Config of the ``tiny`` adapter."""
+
+    name: str = field(default="tiny", metadata={"help": "registered model name"})
+
+
+class TinyAdapter(LlavaOnevisionAdapter):
+    """Embedded toy LLaVA-OneVision (random weights until trained; no download)."""
+
+    name = "tiny"
+    Config: ClassVar[type[AdapterConfig]] = TinyAdapterConfig
+    family = "llava_onevision"
+    model_types: ClassVar[tuple[str, ...]] = ()
+    allow_random_init = True
+    default_num_frames = 16
+
+    def _checkpoint_path(self) -> Path:
+        if self.config.path is not None:
+            return Path(self.config.path).expanduser()
+        return assets_dir()

@@ -1,0 +1,1 @@
+"""Files shipped with tokenred: the embedded ``tiny`` checkpoint (config, tokenizer)."""
