@@ -170,3 +170,16 @@ def test_cuda_reduced_generation(
     gen = adapter.generate(video, PROMPT, plan, max_new_tokens=3)
     assert gen.prefill.logits.device.type == "cuda"
     assert torch.isfinite(gen.prefill.logits).all()
+
+
+def test_tiny_assets_are_current(tmp_path: Path) -> None:
+    from tokenred.adapters.tiny import assets_dir
+    from tokenred.assets.build_tiny import build
+
+    fresh = build(tmp_path / "tiny")
+    for name in ("config.json", "tokenizer.json"):
+        committed = json.loads((assets_dir() / name).read_text())
+        assert committed == json.loads((fresh / name).read_text()), (
+            f"tokenred/assets/tiny/{name} is stale; run python -m "
+            "tokenred.assets.build_tiny"
+        )

@@ -74,6 +74,7 @@ class HFVideoAdapter(ModelAdapter):
         self._random_weights = False
         self._device = torch.device("cpu")
         self._attn = self.config.attn_implementation
+        self._eos: set[int] = set()
 
     # ----------------------------------------------------------------- family parts
     @abstractmethod
