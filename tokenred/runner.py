@@ -474,7 +474,8 @@ def _progress(items: Sequence[Any], desc: str, enabled: bool) -> Iterable[Any]:
         return items
     from tqdm.auto import tqdm
 
-    return tqdm(items, desc=desc, unit="q", leave=False, disable=None)
+    bar: Iterable[Any] = tqdm(items, desc=desc, unit="q", leave=False, disable=None)
+    return bar
 
 
 def _run_samples(
