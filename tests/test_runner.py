@@ -1,0 +1,206 @@
+"""End-to-end runner tests on CPU: the tiny model and a small synthetic split."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tokenred import hookimpl
+from tokenred.cli import main
+from tokenred.measure import prefill_flops
+from tokenred.results import RunStore
+
+TIMING_KEYS = ("latency_ms",)
+
+
+def _argv(root: Path, data_root: Path, *extra: str) -> list[str]:
+    return [
+        "run",
+        "--reducer",
+        "random",
+        "--budget",
+        "0.3",
+        f"output.root={root}",
+        f"data.root={data_root}",
+        "data.num_videos=3",
+        "model.max_new_tokens=2",
+        "measure.latency=false",
+        *extra,
+    ]
+
+
+def _runs(root: Path) -> dict[str, list[dict[str, Any]]]:
+    """Map reducer name -> records (as dicts) of every run under root."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for manifest in sorted(root.glob("*/*/manifest.json")):
+        store = RunStore(manifest.parent)
+        cfg = json.loads(manifest.read_text())["config"]
+        out[cfg["reducer"]["name"]] = [r.to_dict() for r in store.records()]
+    return out
+
+
+def _strip(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Drop what legitimately differs between sessions: timings, memory, cache hits."""
+    out = []
+    for record in records:
+        r = json.loads(json.dumps(record))
+        for key in TIMING_KEYS:
+            r.pop(key, None)
+        r["memory"].pop("peak_bytes", None)
+        r["memory"].pop("peak_kind", None)
+        r["meta"].pop("feature_cache_hit", None)
+        out.append(r)
+    return out
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("synthetic")
+
+
+@pytest.fixture(scope="module")
+def first_run(
+    tmp_path_factory: pytest.TempPathFactory, data_root: Path
+) -> tuple[Path, int]:
+    root = tmp_path_factory.mktemp("runs")
+    code = main(_argv(root, data_root, "measure.latency=true", "measure.repeats=2"))
+    return root, code
+
+
+def test_run_writes_baseline_and_reduced_records(first_run: tuple[Path, int]) -> None:
+    root, code = first_run
+    assert code == 0
+    runs = _runs(root)
+    assert set(runs) == {"none", "random"}, "the unreduced companion run is missing"
+    for name, records in runs.items():
+        assert len(records) == 3, f"{name}: expected one record per question"
+        for r in records:
+            assert r["status"] == "ok"
+            assert r["prediction"] is None or r["prediction"] in "ABCD"
+            assert len(r["schedule"]) == len(r["visual_schedule"]) > 0
+            assert r["latency_ms"]["prefill"]["n"] == 2, "repeats not honoured"
+            assert r["latency_ms"]["vision"]["median"] > 0
+            assert r["memory"]["kv_cache_bytes"] > 0
+    base, red = runs["none"][0], runs["random"][0]
+    assert base["n_visual_out"] == base["n_visual_in"]
+    assert (
+        red["n_visual_out"] == red["budget_tokens"] == round(0.3 * red["n_visual_in"])
+    )
+    assert red["flops"]["prefill"] < base["flops"]["prefill"]
+
+
+def test_record_flops_follow_the_token_schedule(first_run: tuple[Path, int]) -> None:
+    from tokenred.adapter import AdapterConfig, create_adapter
+    from tokenred.plugins import get_plugin_manager
+    from tokenred.registry import Registries
+
+    regs = Registries.from_plugin_manager(get_plugin_manager())
+    adapter = create_adapter(regs.models, AdapterConfig(name="tiny"))
+    adapter.load()
+    for records in _runs(first_run[0]).values():
+        r = records[0]
+        expected = prefill_flops(adapter.arch, r["schedule"]).total
+        assert r["flops"]["prefill"] == expected
+
+
+def test_second_run_reuses_records(
+    first_run: tuple[Path, int], data_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, _ = first_run
+    before = _runs(root)
+    assert (
+        main(_argv(root, data_root, "measure.latency=true", "measure.repeats=2")) == 0
+    )
+    err = capsys.readouterr().err
+    assert err.count("0 new, 3 reused") == 2, err
+    assert _runs(root) == before, "a finished run was recomputed"
+
+
+class _Interrupt:
+    """Plugin that kills the run after a number of records (as Ctrl-C would)."""
+
+    def __init__(self, after: int) -> None:
+        self.after = after
+        self.seen = 0
+
+    @hookimpl
+    def after_sample(self, record: Any) -> None:
+        self.seen += 1
+        if self.seen == self.after:
+            raise KeyboardInterrupt
+
+
+def test_interrupted_run_resumes_to_identical_records(
+    tmp_path: Path, data_root: Path
+) -> None:
+    clean = tmp_path / "clean"
+    assert main(_argv(clean, data_root)) == 0
+    killed = tmp_path / "killed"
+    code = main(_argv(killed, data_root), plugins=[_Interrupt(after=4)])
+    assert code == 130, "Ctrl-C should exit 130 after keeping what was written"
+    partial = _runs(killed)
+    assert sum(len(v) for v in partial.values()) == 4
+    assert main(_argv(killed, data_root)) == 0
+    resumed = _runs(killed)
+    want = _runs(clean)
+    assert set(resumed) == set(want)
+    for name in want:
+        assert _strip(resumed[name]) == _strip(want[name]), name
+
+
+def test_feature_cache_gives_identical_records(tmp_path: Path, data_root: Path) -> None:
+    cold = tmp_path / "cold"
+    assert main(_argv(cold, data_root, "output.feature_cache=false")) == 0
+    assert not (cold / "_features").exists()
+    warm = tmp_path / "warm"
+    assert main(_argv(warm, data_root)) == 0
+    hits = [r["meta"]["feature_cache_hit"] for r in _runs(warm)["random"]]
+    assert all(hits), "the second run of a video should read cached features"
+    a, b = _runs(cold), _runs(warm)
+    for name in a:
+        assert _strip(a[name]) == _strip(b[name]), name
+
+
+def test_broken_video_becomes_error_record(tmp_path: Path, data_root: Path) -> None:
+    broken = tmp_path / "data"
+    shutil.copytree(data_root, broken)
+    videos = sorted((broken / "videos").rglob("*.mp4"))
+    videos[1].write_bytes(videos[1].read_bytes()[:200])  # truncated file
+    root = tmp_path / "runs"
+    assert main(_argv(root, broken, "data.root=" + str(broken))) == 1
+    for name, records in _runs(root).items():
+        status = [r["status"] for r in records]
+        assert status == ["ok", "error", "ok"], name
+        assert records[1]["error"], "the error record must say why"
+
+
+def test_kv_reuse_is_measured_for_query_agnostic_reducers(
+    tmp_path: Path, data_root: Path
+) -> None:
+    argv = _argv(tmp_path, data_root, "measure.kv_reuse=2")
+    argv[argv.index("random")] = "sttm"
+    assert main(argv) == 0
+    rec = _runs(tmp_path)["sttm"][0]
+    assert rec["meta"]["kv_reuse"]["questions"] == 1
+    assert rec["meta"]["kv_reuse"]["same_answer"] is True
+    assert rec["latency_ms"]["kv_reuse_per_question"]["median"] > 0
+
+
+def test_query_dependent_reducer_skips_kv_reuse(
+    tmp_path: Path, data_root: Path
+) -> None:
+    argv = _argv(
+        tmp_path,
+        data_root,
+        "measure.kv_reuse=2",
+        "insertion.stage=in_llm",
+        "insertion.layer=2",
+    )
+    argv[argv.index("random")] = "fastv"
+    assert main(argv) == 0
+    rec = _runs(tmp_path)["fastv"][0]
+    assert "kv_reuse" not in rec["meta"]
