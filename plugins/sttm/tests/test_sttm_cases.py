@@ -5,9 +5,20 @@ from __future__ import annotations
 import pytest
 import torch
 from sttm_inputs import blocky_video, checkerboard
-from tokenred_sttm.merge import MergeOptions, prepare, sttm_merge
-from tokenred_sttm.quadtree import build_lattice, level_sizes, partition
-from tokenred_sttm.temporal import candidate_pairs, propagate
+from tokenred_sttm.merge import (
+    MergeOptions,
+    evaluate,
+    prepare,
+    sttm_merge,
+    with_tables,
+)
+from tokenred_sttm.quadtree import build_lattice, level_sizes, node_features, partition
+from tokenred_sttm.temporal import (
+    candidate_pairs,
+    pair_similarity,
+    propagate,
+    table_pairs,
+)
 
 CPU = torch.device("cpu")
 
@@ -133,3 +144,25 @@ def test_single_frame_and_single_token() -> None:
     frame = blocky_video((1, 14, 14), seed=9)
     out = sttm_merge(frame, 0.8, 0.5)
     assert out.rounds == 0 and out.features.shape[0] == out.n_spatial
+
+
+@pytest.mark.parametrize("reference", [True, False])
+@pytest.mark.parametrize("head_dim", [None, 4])
+def test_pair_tables_match_the_direct_cosines(
+    reference: bool, head_dim: int | None
+) -> None:
+    grid = blocky_video((4, 10, 18), seed=12)
+    opts = MergeOptions(reference=reference, head_dim=head_dim, root_level=0)
+    prep = prepare(grid, opts)
+    fast = with_tables(prep)
+    for tau_s, tau_t in ((0.5, 0.3), (0.8, 0.6), (0.9, 0.8), (0.97, 0.9)):
+        part = partition(prep.pscores, prep.lattice, tau_s)
+        feats = node_features(prep.levels, prep.lattice, part, prep.level_dtype)
+        dst, src = candidate_pairs(part)
+        sims = pair_similarity(feats, dst, src, head_dim, owned=True)
+        assert fast.tables is not None
+        tdst, tsrc, tsims = table_pairs(fast.tables, part, prep.lattice)
+        assert torch.equal(dst, tdst) and torch.equal(src, tsrc)
+        assert torch.equal(sims, tsims), "table cosines are not bit-identical"
+        a, b = evaluate(prep, tau_s, tau_t), evaluate(fast, tau_s, tau_t)
+        assert torch.equal(a.rep, b.rep) and a.n_out == b.n_out

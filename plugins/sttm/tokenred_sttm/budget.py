@@ -44,6 +44,7 @@ from tokenred_sttm.merge import (
     STTMMode,
     evaluate,
     prepare,
+    with_tables,
 )
 from tokenred_sttm.quadtree import head_dot, unit
 
@@ -117,6 +118,7 @@ def search(prep: Prepared, budget: int, *, gap: float, iters: int) -> SearchOutc
     hi = lambda_high(gap)
     if prep.n_tokens <= budget:
         return SearchOutcome(evaluate(prep, *schedule(hi, gap)), hi, 1)
+    prep = with_tables(prep)
     lo = LAMBDA_LOW
     best = evaluate(prep, *schedule(lo, gap))
     best_lam, evals = lo, 1
@@ -205,7 +207,7 @@ def fit_thresholds(
         average: Per-video mean of ratios, or ratio of totals.
     """
     average = Average(average)
-    preps = [prepare(tok.to_grid(), options) for tok in token_sets]
+    preps = [with_tables(prepare(tok.to_grid(), options)) for tok in token_sets]
     n_in = [p.n_tokens for p in preps]
 
     def ratio(lam: float) -> float:

@@ -15,6 +15,7 @@ and :mod:`tokenred_sttm.temporal`):
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass
 
@@ -32,10 +33,13 @@ from tokenred_sttm.quadtree import (
     stop_scores,
 )
 from tokenred_sttm.temporal import (
+    PairTables,
     aggregate,
+    build_pair_tables,
     candidate_pairs,
     pair_similarity,
     propagate,
+    table_pairs,
 )
 
 
@@ -79,6 +83,8 @@ class Prepared:
         levels: Level features, root first (the finest is ``grid``).
         pscores: ``[L-1, T, H, W]`` stop score of each patch's ancestor per level.
         options: The switches.
+        tables: Every potential temporal pair's cosine (see :func:`with_tables`),
+            or None to compute the cosines of each cut directly.
     """
 
     grid: Tensor
@@ -86,6 +92,7 @@ class Prepared:
     levels: list[Tensor]
     pscores: Tensor
     options: MergeOptions
+    tables: PairTables | None = None
 
     @property
     def level_dtype(self) -> torch.dtype:
@@ -107,7 +114,6 @@ class Evaluation:
         tau_s: Spatial threshold used.
         tau_t: Temporal threshold used.
         part: The spatial partition.
-        feats: ``[Nn, C]`` node values (level dtype).
         rep: ``[Nn]`` representative node of each node.
         rounds: Label-propagation rounds (0 without a temporal stage).
         n_out: Number of groups (output tokens).
@@ -116,7 +122,6 @@ class Evaluation:
     tau_s: float
     tau_t: float
     part: Partition
-    feats: Tensor
     rep: Tensor
     rounds: int
     n_out: int
@@ -161,6 +166,19 @@ def prepare(grid: Tensor, options: MergeOptions) -> Prepared:
     return Prepared(grid, lattice, levels, pscores, options)
 
 
+def with_tables(prep: Prepared) -> Prepared:
+    """Precompute the temporal pair tables, for callers that evaluate many cuts.
+
+    Costs about ``2L - 1`` passes over the video (L levels) once, after which each
+    :func:`evaluate` does no feature arithmetic in the temporal stage; a no-op when
+    the temporal stage cannot run.
+    """
+    if prep.tables is not None or not prep.options.temporal or prep.grid.shape[0] < 2:
+        return prep
+    tables = build_pair_tables(prep.levels, prep.lattice, prep.options.head_dim)
+    return dataclasses.replace(prep, tables=tables)
+
+
 def temporal_active(prep: Prepared, tau_t: float) -> bool:
     """Whether the temporal stage runs at ``tau_t``."""
     opts = prep.options
@@ -172,19 +190,23 @@ def temporal_active(prep: Prepared, tau_t: float) -> bool:
 def evaluate(prep: Prepared, tau_s: float, tau_t: float) -> Evaluation:
     """Cut the quadtree at ``tau_s`` and merge across frames at ``tau_t``."""
     part = partition(prep.pscores, prep.lattice, tau_s)
-    feats = node_features(prep.levels, prep.lattice, part, prep.level_dtype)
     n = part.n_nodes
+    rep = torch.arange(n, device=prep.grid.device)
     if not temporal_active(prep, tau_t):
-        rep = torch.arange(n, device=feats.device)
-        return Evaluation(tau_s, tau_t, part, feats, rep, 0, n)
-    dst, src = candidate_pairs(part)
-    sims = pair_similarity(feats, dst, src, prep.options.head_dim)
+        return Evaluation(tau_s, tau_t, part, rep, 0, n)
+    if prep.tables is not None:
+        dst, src, sims = table_pairs(prep.tables, part, prep.lattice)
+    else:
+        feats = node_features(prep.levels, prep.lattice, part, prep.level_dtype)
+        dst, src = candidate_pairs(part)
+        sims = pair_similarity(feats, dst, src, prep.options.head_dim, owned=True)
+        del feats
     edge = sims >= tau_t
     rep, rounds = propagate(
         dst[edge], src[edge], n, exhaustive=not prep.options.reference
     )
     n_out = int((rep == torch.arange(n, device=rep.device)).sum())
-    return Evaluation(tau_s, tau_t, part, feats, rep, rounds, n_out)
+    return Evaluation(tau_s, tau_t, part, rep, rounds, n_out)
 
 
 def finalize(prep: Prepared, ev: Evaluation) -> STTMResult:
@@ -192,8 +214,9 @@ def finalize(prep: Prepared, ev: Evaluation) -> STTMResult:
     part = ev.part
     node_area = part.area.reshape(-1)[part.tl_index]
     weights = node_area if prep.options.weighted else torch.ones_like(node_area)
+    node_feats = node_features(prep.levels, prep.lattice, part, prep.level_dtype)
     feats, keep = aggregate(
-        ev.feats,
+        node_feats,
         weights,
         ev.rep,
         acc_dtype=prep.level_dtype,

@@ -94,6 +94,19 @@ class Lattice:
         """Number of used levels ``L`` (1 means no spatial merging)."""
         return len(self.sizes)
 
+    def ancestors(self, fine: int, coarse: int) -> tuple[Tensor, Tensor]:
+        """Return the level-``coarse`` ancestors of level ``fine``'s rows and columns.
+
+        Returns:
+            ``[h_fine]`` row and ``[w_fine]`` column indices at level ``coarse``
+            (``coarse <= fine``).
+        """
+        h, w = self.sizes[fine]
+        dev = self.anc_y.device
+        first_y = torch.searchsorted(self.anc_y[fine], torch.arange(h, device=dev))
+        first_x = torch.searchsorted(self.anc_x[fine], torch.arange(w, device=dev))
+        return self.anc_y[coarse][first_y], self.anc_x[coarse][first_x]
+
 
 def _axis_tables(sizes: list[int], device: torch.device) -> tuple[Tensor, ...]:
     """Return ancestor, start and end tables ``[L, n]`` for one axis."""
@@ -162,7 +175,7 @@ def _pool(x: Tensor, *, sums: bool, dtype: torch.dtype) -> Tensor:
         cols = torch.bincount(parent_index(w, x.device)).to(torch.float32)
         out = out / (rows[:, None] * cols[None, :])
     # [T, C, h', w'] -> [T, h', w', C]
-    return out.permute(0, 2, 3, 1).to(dtype)
+    return out.permute(0, 2, 3, 1).to(dtype).contiguous()
 
 
 def build_pyramid(
@@ -183,23 +196,34 @@ def build_pyramid(
     return levels
 
 
-def unit(x: Tensor, head_dim: int | None, *, temporal: bool) -> Tensor:
+def unit(
+    x: Tensor, head_dim: int | None, *, temporal: bool, owned: bool = False
+) -> Tensor:
     """Return float32 unit vectors of ``x [..., C]``, per head when ``head_dim`` is set.
 
     The spatial stage divides by ``max(norm, 1e-8)`` (``F.cosine_similarity``) and
     the temporal stage by ``norm + 1e-8``, following the two reference formulas.
     The dot product of two results, summed per head and averaged over heads, is
     their (per-head mean) cosine similarity; see :func:`head_dot`.
+
+    Args:
+        x: ``[..., C]`` features, any float dtype.
+        head_dim: Head width, or None for the whole vector.
+        temporal: Use the temporal stage's normalisation.
+        owned: ``x`` may be overwritten (a float32 temporary of the caller); the
+            division then happens in place, as it does whenever ``x`` is not float32.
     """
     c = x.shape[-1]
     hd = c if head_dim is None else head_dim
+    xf = x.float()
     # [..., C] -> [..., heads, head_dim]
-    xh = x.float().reshape(*x.shape[:-1], c // hd, hd)
+    xh = xf.reshape(*x.shape[:-1], c // hd, hd)
     norm = torch.linalg.vector_norm(xh, dim=-1, keepdim=True)
     norm = norm + SPATIAL_EPS if temporal else norm.clamp_min(SPATIAL_EPS)
+    in_place = owned or xf is not x
+    out = xh.div_(norm) if in_place else xh / norm
     # [..., heads, head_dim] -> [..., C]
-    out: Tensor = (xh / norm).reshape(x.shape)
-    return out
+    return out.reshape(x.shape)
 
 
 def head_dot(prod: Tensor, head_dim: int | None) -> Tensor:
@@ -239,24 +263,22 @@ def _level_scores(
     t, h, w, c = parent.shape
     _, hc, wc, _ = child.shape
     up = unit(parent, head_dim, temporal=False)
-    uc = unit(child, head_dim, temporal=False)
+    uc = unit(child, head_dim, temporal=False)  # a fresh tensor: safe to overwrite
+    # Missing slots read the child at (t, 0, 0) in reference mode.
+    corner = head_dot(up * uc[:, :1, :1, :], head_dim) if reference else None
     if hc % 2 or wc % 2:
-        uc_even = F.pad(uc, (0, 0, wc % 2, 0, hc % 2, 0))  # padded slots are zero
-    else:
-        uc_even = uc
+        uc = F.pad(uc, (0, 0, wc % 2, 0, hc % 2, 0))  # padded slots are zero
     # [T, 2h, 2w, C] -> [T, h, 2, w, 2, C]
-    ucp = uc_even.reshape(t, h, 2, w, 2, c)
-    prod = ucp * up[:, :, None, :, None, :]
+    prod = uc.reshape(t, h, 2, w, 2, c)
+    prod.mul_(up[:, :, None, :, None, :])
     sims = head_dot(prod, head_dim)  # [T, h, 2, w, 2]
-    del prod, ucp, uc_even
+    del prod, uc
     vy = _slot_valid(hc, h, parent.device)
     vx = _slot_valid(wc, w, parent.device)
     valid = vy[:, :, None, None] & vx[None, None, :, :]  # [h, 2, w, 2]
     score = sims.masked_fill(~valid, math.inf).amin(dim=(2, 4))  # [T, h, w]
     missing = ~valid.all(dim=3).all(dim=1)  # [h, w] parents with a missing slot
-    if reference:
-        # Missing slots point at child (t, 0, 0) and take part in the test.
-        corner = head_dot(up * uc[:, :1, :1, :], head_dim)  # [T, h, w]
+    if corner is not None:  # [T, h, w]
         return torch.where(missing, torch.minimum(score, corner), score)
     if child_score is not None:
         single = valid.sum(dim=(1, 3)) == 1  # [h, w]
@@ -378,7 +400,10 @@ def node_features(
     out = levels[-1].new_empty(part.n_nodes, c, dtype=dtype)
     for i, feats in enumerate(levels):
         sel = torch.nonzero(lvl == i).squeeze(1)
+        h, w = feats.shape[1], feats.shape[2]
         ay = lattice.anc_y[i][y0[sel]]
         ax = lattice.anc_x[i][x0[sel]]
-        out[sel] = feats[t[sel], ay, ax].to(out.dtype)
+        # [T, h, w, C] -> [T*h*w, C]
+        rows = feats.reshape(-1, c).index_select(0, (t[sel] * h + ay) * w + ax)
+        out.index_copy_(0, sel, rows.to(dtype))
     return out

@@ -40,7 +40,14 @@ from tokenred_sttm.budget import (
     resolve_options,
     search,
 )
-from tokenred_sttm.merge import STTMMode, evaluate, finalize, prepare
+from tokenred_sttm.merge import (
+    Evaluation,
+    Prepared,
+    STTMMode,
+    evaluate,
+    finalize,
+    prepare,
+)
 
 if TYPE_CHECKING:
     from tokenred.tokens import ReduceContext, VisualTokens
@@ -194,21 +201,10 @@ class STTMReducer(TokenReducer):
             red = merge_adjacent(tokens, budget)
             return Reduction(red.tokens, red.assignment, info={"fallback": 2.0})
         options = resolve_options(cfg, ctx.head_dim, tokens.channels)
+        info: dict[str, float] = {"budget_capped": 0.0, "search_evals": 0.0}
         with torch.no_grad():
             prep = prepare(tokens.to_grid(), options)
-            info: dict[str, float] = {"budget_capped": 0.0, "search_evals": 0.0}
-            ev = None
-            if cfg.budget_mode is BudgetMode.THRESHOLD:
-                ev = evaluate(prep, cfg.tau_s, cfg.tau_t)
-                info["search_evals"] = 1.0
-                if ev.n_out > budget:
-                    info["budget_capped"] = 1.0
-                    ev = None
-            if ev is None:
-                found = search(prep, budget, gap=cfg.search_gap, iters=cfg.search_iters)
-                ev = found.evaluation
-                info["lambda"] = found.lam
-                info["search_evals"] += found.evals
+            ev = _cut_for_budget(prep, budget, cfg, info)
             result = finalize(prep, ev)
         info.update(
             tau_s=ev.tau_s,
@@ -221,8 +217,27 @@ class STTMReducer(TokenReducer):
         red = Reduction.from_assignment(
             tokens, result.assignment, features=result.features, info=info
         )
-        if red.n_out > budget:
+        if red.n_out > budget:  # below the tree's floor
             red = compose(red, merge_adjacent(red.tokens, budget))
             info.update(fallback=1.0, n_out=float(red.n_out))
             red = Reduction(red.tokens, red.assignment, info=info)
         return red
+
+
+def _cut_for_budget(
+    prep: Prepared, budget: int, cfg: STTMConfig, info: dict[str, float]
+) -> Evaluation:
+    """Evaluate the given thresholds, or search the schedule when asked or needed.
+
+    Records what was done in ``info``.
+    """
+    if cfg.budget_mode is BudgetMode.THRESHOLD:
+        ev = evaluate(prep, cfg.tau_s, cfg.tau_t)
+        info["search_evals"] = 1.0
+        if ev.n_out <= budget:
+            return ev
+        info["budget_capped"] = 1.0
+    found = search(prep, budget, gap=cfg.search_gap, iters=cfg.search_iters)
+    info["lambda"] = found.lam
+    info["search_evals"] += found.evals
+    return found.evaluation
