@@ -29,6 +29,7 @@ ENV_TRACE = "TOKENRED_TRACE_PLUGINS"
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "tokenred.builtin.reducers",
+    "tokenred.builtin.datasets",
     "tokenred.builtin.models",
 )
 """Modules of the builtin plugins, registered under their module name."""

@@ -1,0 +1,300 @@
+"""Procedural scenes of the synthetic benchmark: sprites on a drifting background.
+
+A scene is a background (two large muted regions whose boundary drifts a few pixels,
+plus an optional static block) and a list of :class:`Sprite` objects, each a
+saturated shape with a per-frame position and visibility. Events are placed on a
+lattice of ``slots`` equal time slots; a slot spans ``source_frames // slots``
+frames, so sampling ``slots`` uniform frames sees every slot exactly once.
+
+Every question builder takes a seeded ``numpy`` generator and the answer position,
+and returns the sprites, the question, the options and a compact ``state`` (the
+ground truth, stored in the annotation for analysis).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "green": (40, 190, 60),
+    "blue": (40, 80, 230),
+    "yellow": (235, 215, 40),
+    "purple": (165, 55, 215),
+    "cyan": (40, 205, 215),
+}
+"""Saturated object colours, far from every background tone."""
+
+SHAPES: tuple[str, ...] = ("square", "circle", "triangle", "cross")
+DIRECTIONS: tuple[str, ...] = ("left", "right", "up", "down")
+COUNTS: tuple[str, ...] = ("1", "2", "3", "4")
+BACKGROUNDS: tuple[tuple[int, int, int], ...] = (
+    (96, 104, 112),
+    (112, 100, 88),
+    (84, 100, 84),
+    (104, 96, 112),
+    (120, 118, 110),
+    (72, 80, 92),
+)
+"""Muted tones (channel spread <= 24) for the large uniform regions."""
+LIGHT_OFF = (40, 40, 40)
+
+QUESTIONS: dict[str, str] = {
+    "needle_color": "What color was the object that appeared briefly?",
+    "needle_shape": "What shape was the object that appeared briefly?",
+    "direction": "Which direction does the {color} {shape} move?",
+    "count": "How many times does the {color} light flash?",
+    "order": "Which object appears first?",
+}
+TASKS: tuple[str, ...] = ("needle", "direction", "count", "order")
+"""The four balanced question types (needle has a colour and a shape variant)."""
+
+
+@dataclass
+class Sprite:
+    """One object: a coloured shape with a position and visibility per frame."""
+
+    color: tuple[int, int, int]
+    shape: str
+    size: int
+    xy: np.ndarray
+    """[F, 2] float top-left (x, y) per frame."""
+    visible: np.ndarray
+    """[F] bool."""
+
+
+@dataclass
+class Scene:
+    """Everything needed to render one video, plus the question about it."""
+
+    sprites: list[Sprite]
+    sky: tuple[int, int, int]
+    ground: tuple[int, int, int]
+    horizon: np.ndarray
+    """[F] int row of the sky/ground boundary (drifts slowly)."""
+    block: tuple[int, int, int, int, tuple[int, int, int]] | None
+    """Static rectangle (x, y, w, h, colour) or None."""
+    task: str
+    question: str
+    options: list[str]
+    answer: int
+    state: dict[str, Any]
+
+
+Built = tuple[list[Sprite], str, str, list[str], dict[str, Any]]
+"""(sprites, task name, question, options, state) of one question builder."""
+
+
+def shape_mask(shape: str, size: int) -> np.ndarray:
+    """Return the [size, size] bool mask of a shape."""
+    c = (size - 1) / 2.0
+    y, x = np.mgrid[0:size, 0:size].astype(np.float64)  # [size, size] each
+    masks = {
+        "square": np.ones((size, size), dtype=bool),
+        "circle": (x - c) ** 2 + (y - c) ** 2 <= (size / 2.0) ** 2,
+        "triangle": np.abs(x - c) <= (y + 1.0) / size * (size / 2.0),
+        "cross": (np.abs(x - c) < size / 6.0) | (np.abs(y - c) < size / 6.0),
+    }
+    if shape not in masks:
+        msg = f"unknown shape {shape!r}"
+        raise ValueError(msg)
+    mask: np.ndarray = masks[shape]
+    return mask
+
+
+def render(scene: Scene, frames: int, size: int) -> np.ndarray:
+    """Render a scene to [F, S, S, 3] uint8 RGB frames."""
+    rows = np.arange(size)[None, :, None]  # [1, S, 1]
+    sky = (rows < scene.horizon[:, None, None])[..., None]  # [F, S, 1, 1]
+    out = np.where(sky, np.array(scene.sky), np.array(scene.ground))  # [F, S, 1, 3]
+    video = np.broadcast_to(out, (frames, size, size, 3)).astype(np.uint8).copy()
+    if scene.block is not None:
+        bx, by, bw, bh, color = scene.block
+        video[:, by : by + bh, bx : bx + bw] = color
+    for sprite in scene.sprites:
+        mask = shape_mask(sprite.shape, sprite.size)
+        for t in np.flatnonzero(sprite.visible):
+            x, y = np.round(sprite.xy[t]).astype(int)
+            region = video[t, y : y + sprite.size, x : x + sprite.size]
+            region[mask[: region.shape[0], : region.shape[1]]] = sprite.color
+    return video
+
+
+class SceneBuilder:
+    """Build one question's scene with a seeded generator.
+
+    Args:
+        rng: The per-video generator.
+        frames: Source frames of the video (a multiple of ``slots``).
+        slots: Number of equal event slots.
+        size: Frame side in pixels.
+    """
+
+    def __init__(self, rng: np.random.Generator, frames: int, slots: int, size: int):
+        """Store the geometry; pick the background."""
+        self.rng, self.frames, self.slots, self.size = rng, frames, slots, size
+        self.per_slot = frames // slots
+        self.obj = max(8, round(size * 0.2))
+        self.taken: list[tuple[float, float, float, float]] = []
+
+    def build(self, task: str, answer: int) -> Scene:
+        """Return the scene of ``task`` with the correct option at ``answer``."""
+        builders = {
+            "needle": self._needle,
+            "direction": self._direction,
+            "count": self._count,
+            "order": self._order,
+        }
+        sprites, name, question, options, state = builders[task](answer)
+        return Scene(
+            sprites, *self._background(), name, question, options, answer, state
+        )
+
+    # -- helpers -------------------------------------------------------------------
+
+    def _background(self) -> tuple[Any, Any, np.ndarray, Any]:
+        rng, s = self.rng, self.size
+        i, j = rng.choice(len(BACKGROUNDS), size=2, replace=False)
+        base = rng.integers(s // 3, 2 * s // 3)
+        drift = rng.integers(-4, 5)
+        horizon = (base + np.round(np.linspace(0, drift, self.frames))).astype(int)
+        block: tuple[int, int, int, int, tuple[int, int, int]] | None = None
+        if rng.random() < 0.5:
+            k = int(rng.choice([b for b in range(len(BACKGROUNDS)) if b not in (i, j)]))
+            bw, bh = (
+                int(rng.integers(s // 5, s // 3)),
+                int(rng.integers(s // 5, s // 3)),
+            )
+            bx, by = int(rng.integers(0, s - bw)), int(rng.integers(0, s - bh))
+            block = (bx, by, bw, bh, BACKGROUNDS[k])
+        return BACKGROUNDS[i], BACKGROUNDS[j], horizon, block
+
+    def _colors(self, n: int, exclude: tuple[str, ...] = ()) -> list[str]:
+        pool = [c for c in COLORS if c not in exclude]
+        return [pool[i] for i in self.rng.choice(len(pool), size=n, replace=False)]
+
+    def _shape(self) -> str:
+        return SHAPES[int(self.rng.integers(len(SHAPES)))]
+
+    def _place(self, w: float, h: float) -> tuple[float, float]:
+        """Pick a top-left corner for a w x h box that overlaps nothing placed."""
+        margin = 3
+        for _ in range(200):
+            x = float(self.rng.integers(margin, self.size - int(w) - margin + 1))
+            y = float(self.rng.integers(margin, self.size - int(h) - margin + 1))
+            if all(
+                x + w + margin <= ax
+                or ax + aw + margin <= x
+                or y + h + margin <= ay
+                or ay + ah + margin <= y
+                for ax, ay, aw, ah in self.taken
+            ):
+                self.taken.append((x, y, w, h))
+                return x, y
+        msg = "synthetic scene: no free space for another object; use a larger size"
+        raise RuntimeError(msg)
+
+    def _static(
+        self, color: str, shape: str, visible: np.ndarray | None = None
+    ) -> Sprite:
+        x, y = self._place(self.obj, self.obj)
+        vis = np.ones(self.frames, bool) if visible is None else visible
+        xy = np.tile([x, y], (self.frames, 1)).astype(np.float64)  # [F, 2]
+        return Sprite(COLORS[color], shape, self.obj, xy, vis)
+
+    def _slot_mask(self, slots: list[int]) -> np.ndarray:
+        vis = np.zeros(self.frames, bool)
+        for s in slots:
+            vis[s * self.per_slot : (s + 1) * self.per_slot] = True
+        return vis
+
+    def _flash_slots(self, n: int) -> list[int]:
+        """Pick ``n`` slots with at least one dark slot between flashes."""
+        # Choose n slots out of (slots - n + 1) and spread them: gaps of >= 1 appear
+        # by adding i to the i-th chosen position (stars and bars).
+        pick = np.sort(self.rng.choice(self.slots - n + 1, n, replace=False))
+        return [int(p) + i for i, p in enumerate(pick)]
+
+    def _arrange(self, correct: str, others: list[str], answer: int) -> list[str]:
+        """Put ``correct`` at ``answer`` and the shuffled ``others`` around it."""
+        rest = [others[i] for i in self.rng.permutation(len(others))]
+        return [*rest[:answer], correct, *rest[answer:]]
+
+    # -- the four question types ---------------------------------------------------
+
+    def _needle(self, answer: int) -> Built:
+        color, *persist = self._colors(1 + int(self.rng.integers(1, 3)))
+        sprites = [self._static(c, self._shape()) for c in persist]
+        slot = int(self.rng.integers(1, self.slots - 1))
+        if self.rng.random() < 0.5:
+            task = "needle_color"
+            shape = self._shape()
+            others = [c for c in persist] + self._colors(
+                3 - len(persist), (color, *persist)
+            )
+            options = self._arrange(color, others, answer)
+        else:
+            task = "needle_shape"
+            shape = SHAPES[int(self.rng.integers(len(SHAPES)))]
+            options = self._arrange(shape, [s for s in SHAPES if s != shape], answer)
+        sprites.append(self._static(color, shape, self._slot_mask([slot])))
+        state = {"slot": slot, "color": color, "shape": shape, "persistent": persist}
+        return sprites, task, QUESTIONS[task], options, state
+
+    def _direction(self, answer: int) -> Built:
+        color, other = self._colors(2)
+        shape, direction = self._shape(), DIRECTIONS[int(self.rng.integers(4))]
+        travel = round(self.size * 0.4)
+        dx, dy = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}[
+            direction
+        ]
+        w, h = self.obj + abs(dx) * travel, self.obj + abs(dy) * travel
+        x, y = self._place(w, h)
+        start = np.array([x + (travel if dx < 0 else 0), y + (travel if dy < 0 else 0)])
+        frac = np.linspace(0.0, 1.0, self.frames)[:, None]  # [F, 1]
+        xy = start + frac * travel * np.array([dx, dy])  # [F, 2]
+        mover = Sprite(COLORS[color], shape, self.obj, xy, np.ones(self.frames, bool))
+        sprites = [mover, self._static(other, self._shape())]
+        options = self._arrange(
+            direction, [d for d in DIRECTIONS if d != direction], answer
+        )
+        question = QUESTIONS["direction"].format(color=color, shape=shape)
+        state = {"color": color, "shape": shape, "direction": direction}
+        return sprites, "direction", question, options, state
+
+    def _count(self, answer: int) -> Built:
+        color, other = self._colors(2)
+        flashes = answer + 1
+        slots = self._flash_slots(flashes)
+        lamp = self._static(color, "circle", self._slot_mask(slots))
+        off = Sprite(LIGHT_OFF, "circle", self.obj, lamp.xy, ~lamp.visible)
+        sprites = [off, lamp, self._static(other, self._shape())]
+        question = QUESTIONS["count"].format(color=color)
+        return (
+            sprites,
+            "count",
+            question,
+            list(COUNTS),
+            {"color": color, "slots": slots},
+        )
+
+    def _order(self, answer: int) -> Built:
+        first, second, *absent = self._colors(4)
+        t1 = int(self.rng.integers(0, self.slots - 4))
+        t2 = int(self.rng.integers(t1 + 2, self.slots - 1))
+        shapes = [self._shape() for _ in range(4)]
+        sprites = [
+            self._static(
+                first, shapes[0], self._slot_mask(list(range(t1, self.slots)))
+            ),
+            self._static(
+                second, shapes[1], self._slot_mask(list(range(t2, self.slots)))
+            ),
+        ]
+        names = [f"the {c} {s}" for c, s in zip([first, second, *absent], shapes)]
+        options = self._arrange(names[0], names[1:], answer)
+        state = {"first": first, "second": second, "slots": [t1, t2]}
+        return sprites, "order", QUESTIONS["order"], options, state
