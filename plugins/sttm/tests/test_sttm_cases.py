@@ -79,10 +79,13 @@ def test_tau_t_above_one_means_no_temporal_merge(reference: bool) -> None:
     spatial_only = sttm_merge(
         grid, 0.8, 0.0, MergeOptions(reference=reference, temporal=False)
     )
-    assert got.rounds <= 1
     assert got.features.shape[0] == got.n_spatial
     assert torch.equal(got.assignment, spatial_only.assignment)
     assert torch.equal(got.features, spatial_only.features)
+    # Just above 1 the cosines are still computed: even identical frames stay apart.
+    same = grid[:1].expand(4, -1, -1, -1).contiguous()
+    again = sttm_merge(same, 0.8, 1.0005, MergeOptions(reference=reference))
+    assert again.rounds == 1 and again.features.shape[0] == again.n_spatial
 
 
 @pytest.mark.parametrize("reference", [True, False])

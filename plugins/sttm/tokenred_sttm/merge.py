@@ -180,9 +180,13 @@ def with_tables(prep: Prepared) -> Prepared:
 
 
 def temporal_active(prep: Prepared, tau_t: float) -> bool:
-    """Whether the temporal stage runs at ``tau_t``."""
+    """Whether the temporal stage runs at ``tau_t``.
+
+    It is skipped when no cosine can reach ``tau_t`` (above 1 plus rounding), which
+    changes no result and saves the pair cosines.
+    """
     opts = prep.options
-    if not opts.temporal or prep.grid.shape[0] < 2:
+    if not opts.temporal or prep.grid.shape[0] < 2 or tau_t > 1.0 + 1e-3:
         return False
     return not (opts.reference and tau_t <= 0)
 
