@@ -85,6 +85,10 @@ def test_run_writes_baseline_and_reduced_records(first_run: tuple[Path, int]) ->
             assert r["latency_ms"]["prefill"]["n"] == 2, "repeats not honoured"
             assert r["latency_ms"]["vision"]["median"] > 0
             assert r["memory"]["kv_cache_bytes"] > 0
+    for metrics_file in root.glob("*/*/metrics.json"):
+        metrics = json.loads(metrics_file.read_text())
+        assert metrics["num_scored"] == 3
+        assert any(k.startswith("synthetic/") for k in metrics), metrics
     base, red = runs["none"][0], runs["random"][0]
     assert base["n_visual_out"] == base["n_visual_in"]
     assert (

@@ -19,6 +19,7 @@ everywhere; a run without latency shows "n/a", never an estimate.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Sequence
@@ -422,6 +423,52 @@ def make_figures(summary: pd.DataFrame) -> dict[str, Figure]:
 # ---- entry points
 
 
+METRICS_FILE = "metrics.json"
+
+
+def metrics_frame(runs: Sequence[Run]) -> pd.DataFrame:
+    """Return one row per run with the dataset's own metrics (``metrics.json``).
+
+    These are the benchmark's official aggregations (per task, per duration,
+    all-four-tries, ...) written by the runner with the dataset's scorer.
+    """
+    rows = []
+    for run in runs:
+        path = run.path / METRICS_FILE
+        if not path.is_file():
+            continue
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+        info = run.info()
+        rows.append(
+            {
+                "model": info["model"],
+                "dataset": info["dataset"],
+                "method": info["method"],
+                "budget": info["budget"],
+                **metrics,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def metrics_markdown(frame: pd.DataFrame, *, breakdown_only: bool = False) -> str:
+    """Return the per-run dataset metrics as a Markdown table (percent values)."""
+    if frame.empty:
+        return ""
+    fixed = ["model", "dataset", "method", "budget"]
+    keys = [c for c in frame.columns if c not in fixed]
+    if breakdown_only:
+        keys = [k for k in keys if "/" in k]
+    if not keys:
+        return ""
+    headers = ["Method", "Budget", *keys]
+    rows = [
+        [str(r["method"]), str(r["budget"]), *(_num(r.get(k)) for k in keys)]
+        for _, r in frame.iterrows()
+    ]
+    return markdown_table(headers, rows)
+
+
 def main_report(
     run_dirs: Sequence[str | Path], out_dir: str | Path | None = None
 ) -> Path:
@@ -449,6 +496,13 @@ def main_report(
     (out / "summary.md").write_text(
         summary_markdown(summary, average), encoding="utf-8"
     )
+    metrics = metrics_frame(runs)
+    if not metrics.empty:
+        metrics.to_csv(out / "metrics.csv", index=False)
+        (out / "metrics.md").write_text(
+            "# Dataset metrics per run\n\n" + metrics_markdown(metrics),
+            encoding="utf-8",
+        )
     for name, fig in make_figures(summary).items():
         for ext in ("png", "svg"):
             fig.savefig(out / f"{name}.{ext}", dpi=150)
@@ -459,7 +513,10 @@ def main_report(
 def summary_table(stores: Sequence[RunStore | str | Path]) -> str:
     """Return a short Markdown table of runs, for the runner to print at the end."""
     paths = [s.path if isinstance(s, RunStore) else Path(s) for s in stores]
-    samples = samples_frame(load_runs(paths))
+    runs = load_runs(paths)
+    samples = samples_frame(runs)
     if samples.empty:
         return "(no records)\n"
-    return _table(summary_frame(samples), SHORT_HEADERS)
+    table = _table(summary_frame(samples), SHORT_HEADERS)
+    breakdown = metrics_markdown(metrics_frame(runs), breakdown_only=True)
+    return table + ("\n" + breakdown if breakdown else "")
