@@ -232,8 +232,6 @@ def _make_register(
             name, tgt = obj, target
         else:
             name, tgt = check(obj, origin), obj
-        registry.add(
-            Entry(name, tgt, plugin, dist, version, aliases=tuple(aliases))
-        )
+        registry.add(Entry(name, tgt, plugin, dist, version, aliases=tuple(aliases)))
 
     return register

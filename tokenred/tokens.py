@@ -235,9 +235,7 @@ class Reduction:
             info: Diagnostics.
         """
         keep_sorted, _ = torch.sort(keep.to(device=tokens.device, dtype=torch.long))
-        assignment = torch.full(
-            (tokens.n,), -1, dtype=torch.long, device=tokens.device
-        )
+        assignment = torch.full((tokens.n,), -1, dtype=torch.long, device=tokens.device)
         assignment[keep_sorted] = torch.arange(
             keep_sorted.shape[0], device=tokens.device
         )
