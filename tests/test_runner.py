@@ -208,3 +208,40 @@ def test_query_dependent_reducer_skips_kv_reuse(
     assert main(argv) == 0
     rec = _runs(tmp_path)["fastv"][0]
     assert "kv_reuse" not in rec["meta"]
+
+
+def test_calibrate_fits_thresholds_that_reach_the_average_budget(
+    tmp_path: Path, data_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    common = [f"data.root={data_root}", "data.num_videos=3", f"output.root={tmp_path}"]
+    code = main(["calibrate", "--reducer", "sttm", "--budget", "0.3", *common])
+    assert code == 0
+    out = capsys.readouterr().out
+    overrides = out.strip().splitlines()[-1].split()
+    assert any(o.startswith("reducer.tau_s=") for o in overrides), out
+    achieved = float(out.split("achieved_ratio:")[1].split()[0])
+    assert 0 < achieved <= 0.3
+    argv = _argv(tmp_path, data_root, "measure.baseline=false", *overrides)
+    argv[argv.index("random")] = "sttm"
+    argv[argv.index("0.3")] = "1.0"  # thresholds alone decide the count
+    assert main(argv) == 0
+    records = _runs(tmp_path)["sttm"]
+    mean = sum(r["n_visual_out"] / r["n_visual_in"] for r in records) / len(records)
+    assert mean == pytest.approx(achieved, abs=1e-3)
+
+
+def test_calibrate_refuses_reducers_without_parameters(
+    tmp_path: Path, data_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        [
+            "calibrate",
+            "--reducer",
+            "random",
+            "--budget",
+            "0.3",
+            f"data.root={data_root}",
+        ]
+    )
+    assert code == 2
+    assert "has no calibration" in capsys.readouterr().err

@@ -110,6 +110,9 @@ def build_parser(session: Session) -> argparse.ArgumentParser:
     _plugins_command(add("plugins", "list loaded and failed plugins"), session)
     _check_command(add("check", "run the reducer contract suite"), session)
     _report_command(add("report", "tables and figures from run stores"))
+    _calibrate_command(
+        add("calibrate", "fit a reducer's thresholds to an average budget"), session
+    )
     session.pm.hook.register_commands(subparsers=sub)
     return parser
 
@@ -123,6 +126,29 @@ def _add_command(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser
 
 
 def _run_command(p: argparse.ArgumentParser, session: Session) -> None:
+    _config_arguments(p)
+    ex = p.add_argument_group("execution")
+    ex.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print every resolved config as YAML and exit",
+    )
+    p.set_defaults(func=functools.partial(_cmd_run, session))
+
+
+def _calibrate_command(p: argparse.ArgumentParser, session: Session) -> None:
+    _config_arguments(p)
+    p.add_argument(
+        "--videos",
+        type=int,
+        default=16,
+        metavar="N",
+        help="calibrate on the first N distinct videos of the selected samples",
+    )
+    p.set_defaults(func=functools.partial(_cmd_calibrate, session))
+
+
+def _config_arguments(p: argparse.ArgumentParser) -> None:
     cfg = p.add_argument_group("configuration (later wins: files < flags < KEY=VALUE)")
     cfg.add_argument(
         "-c",
@@ -147,13 +173,6 @@ def _run_command(p: argparse.ArgumentParser, session: Session) -> None:
         metavar="B",
         help="a fraction in (0, 1] sets budget.ratio; an integer sets budget.tokens",
     )
-    ex = p.add_argument_group("execution")
-    ex.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="print every resolved config as YAML and exit",
-    )
-    p.set_defaults(func=functools.partial(_cmd_run, session))
 
 
 def _list_command(p: argparse.ArgumentParser, session: Session) -> None:
@@ -348,6 +367,30 @@ def _cmd_check(session: Session, args: argparse.Namespace) -> int:
     failed = sum(not r.passed for r in results)
     print(f"{len(results) - failed} passed, {failed} failed")
     return int(ExitCode.RUN_FAILED if failed else ExitCode.OK)
+
+
+def _cmd_calibrate(session: Session, args: argparse.Namespace) -> int:
+    from tokenred.config import load_config
+    from tokenred.runner import calibrate_reducer
+
+    cfg = load_config(
+        args.config,
+        reducer=args.reducer,
+        model=args.model,
+        data=args.data,
+        budget=args.budget,
+        overrides=args.overrides,
+        registries=session.registries,
+    )
+    overrides, info = calibrate_reducer(cfg, session.registries, videos=args.videos)
+    print(
+        f"# {cfg.reducer.name} calibrated on {int(info.get('videos', 0))} videos "
+        f"for an average kept ratio <= {cfg.budget.ratio}"
+    )
+    for key, value in info.items():
+        print(f"#   {key}: {value:.6g}")
+    print(" ".join(f"reducer.{k}={v}" for k, v in overrides.items()))
+    return int(ExitCode.OK)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:

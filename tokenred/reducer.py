@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from tokenred.errors import UsageError
 from tokenred.tokens import Need, PositionPolicy, Stage
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from tokenred.tokens import ReduceContext, Reduction, VisualTokens
 
 
@@ -81,6 +84,43 @@ class TokenReducer(ABC):
             "reference": cls.reference,
             "config": cls.Config.__name__,
         }
+
+    @classmethod
+    def calibrate(
+        cls,
+        config: ReducerConfig,
+        token_sets: Sequence[VisualTokens],
+        target_ratio: float,
+        *,
+        head_dim: int | None = None,
+    ) -> tuple[dict[str, Any], dict[str, float]]:
+        """Fit the reducer's own parameters on a subset so it averages a budget.
+
+        Threshold-driven reducers (STTM) override this to do what the paper did by
+        hand: pick thresholds on a few videos so that the *average* kept ratio
+        meets ``target_ratio``. ``tokenred calibrate`` collects ``token_sets`` (the
+        original visual tokens at the configured insertion point) and prints the
+        result as config overrides.
+
+        Args:
+            config: The reducer's config (the starting point).
+            token_sets: Original visual tokens of the calibration videos.
+            target_ratio: Target average ``N_out / N_in`` in ``(0, 1]``.
+            head_dim: The model's attention head width.
+
+        Returns:
+            ``(overrides, info)``: config fields to set, and diagnostics such as
+            the achieved average ratio.
+
+        Raises:
+            UsageError: The reducer has nothing to calibrate (the default).
+        """
+        del config, token_sets, target_ratio, head_dim
+        msg = (
+            f"reducer '{cls.name}' has no calibration: it meets every budget per "
+            "sample by itself; use --budget instead"
+        )
+        raise UsageError(msg)
 
     @abstractmethod
     def reduce(self, tokens: VisualTokens, ctx: ReduceContext) -> Reduction:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tokenred.adapter import ReductionPlan, create_adapter
-from tokenred.errors import DataError, ExitCode, TokenredError
+from tokenred.errors import DataError, ExitCode
 from tokenred.featcache import CachedVideo, FeatureCache, cache_key
 from tokenred.measure import Timer, measure_repeats, reset_peak, sample_flops
 from tokenred.measure.flops import equivalent_tokens
@@ -590,6 +590,115 @@ def _append(
         pm.hook.after_sample(record=record)
 
 
+# ------------------------------------------------------------------ calibration
+class _Recorder:
+    """Keep-all reducer that remembers the tokens it was given (calibration only).
+
+    It goes through the same engine as any reducer, so the recorded tokens are
+    exactly what the configured reducer would see at the insertion point: the
+    projected features for ``pre_llm``, the hidden states entering layer K for
+    ``in_llm``.
+    """
+
+    def __init__(self, stages: frozenset[Any]) -> None:
+        from tokenred.reducer import TokenReducer
+        from tokenred.tokens import Reduction
+
+        seen: list[Any] = []
+
+        class Record(TokenReducer):
+            """Record the visual tokens and keep them all."""
+
+            name = "record"
+            paper = reference = "-"
+
+            def reduce(self, tokens: Any, ctx: Any) -> Any:
+                import torch
+
+                seen.append(
+                    dataclasses.replace(tokens, features=tokens.features.clone())
+                )
+                keep = torch.arange(tokens.n, device=tokens.device)
+                return Reduction.from_keep_index(tokens, keep)
+
+        Record.stages = stages
+        self.reducer = Record()
+        self.seen = seen
+
+
+def collect_tokens(
+    cfg: ExperimentConfig, registries: Registries, *, videos: int
+) -> tuple[list[Any], int | None]:
+    """Return the original visual tokens of the first ``videos`` distinct videos.
+
+    Returns:
+        ``(token_sets, head_dim)`` at the configured insertion point.
+    """
+    from tokenred.schema import BudgetConfig
+
+    reducer_cls = registries.reducers.get(cfg.reducer.name)
+    adapter = create_adapter(registries.models, cfg.model)
+    dataset = registries.datasets.get(cfg.data.name)(cfg.data)
+    recorder = _Recorder(reducer_cls.stages)
+    adapter.load()
+    device = str(adapter.describe().get("device", cfg.model.device))
+    source = VideoSource(
+        adapter,
+        dataset,
+        FeatureCache(_feature_cache_root(cfg)),
+        device=device,
+        latency=False,
+        repeats=1,
+    )
+    chosen: dict[str, Sample] = {}
+    for sample in dataset.samples():
+        chosen.setdefault(sample.video_id, sample)
+        if len(chosen) >= videos:
+            break
+    for sample in chosen.values():
+        try:
+            video = source.get(sample)
+        except DataError as exc:
+            log.warning("calibration skips sample %s: %s", sample.id, exc)
+            continue
+        plan = ReductionPlan(
+            reducer=recorder.reducer,
+            stage=cfg.insertion.stage,
+            layer=cfg.insertion.layer,
+            budget=BudgetConfig(ratio=1.0, tokens=None),
+            seed=cfg.seed,
+            sample_id=sample.id,
+        )
+        adapter.prefill(video.features, sample.prompt, plan)
+    head_dim = getattr(adapter, "head_dim", None)
+    return recorder.seen, head_dim if isinstance(head_dim, int) else None
+
+
+def calibrate_reducer(
+    cfg: ExperimentConfig, registries: Registries, *, videos: int = 16
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """Fit the configured reducer's parameters to ``budget.ratio`` on average.
+
+    Raises:
+        UsageError: Without a ratio budget, or for a reducer with no calibration.
+    """
+    from tokenred.errors import UsageError
+
+    ratio = cfg.budget.ratio
+    if ratio is None:
+        msg = "calibrate needs an average ratio: pass --budget 0.3 (not a token count)"
+        raise UsageError(msg)
+    reducer_cls = registries.reducers.get(cfg.reducer.name)
+    tokens, head_dim = collect_tokens(cfg, registries, videos=videos)
+    if not tokens:
+        msg = f"calibrate: no readable video among the first {videos} of the dataset"
+        raise UsageError(msg)
+    overrides, info = reducer_cls.calibrate(
+        cfg.reducer, tokens, float(ratio), head_dim=head_dim
+    )
+    return overrides, {"videos": float(len(tokens)), **info}
+
+
 # -------------------------------------------------------------------------- CLI
 def run_study(
     study: Study,
@@ -639,8 +748,9 @@ def run_from_cli(
 
 __all__ = [
     "RunOutcome",
-    "TokenredError",
     "baseline_config",
+    "calibrate_reducer",
+    "collect_tokens",
     "run_experiment",
     "run_from_cli",
     "run_study",
