@@ -245,3 +245,14 @@ def test_calibrate_refuses_reducers_without_parameters(
     )
     assert code == 2
     assert "has no calibration" in capsys.readouterr().err
+
+
+def test_incompatible_point_fails_before_anything_runs(
+    tmp_path: Path, data_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = _argv(tmp_path, data_root)
+    argv[argv.index("random")] = "fastv"  # needs in_llm; the default is pre_llm
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "insertion.stage=in_llm" in err[0], err
+    assert not list(tmp_path.glob("*/*/samples.jsonl")), "the baseline ran anyway"

@@ -183,6 +183,8 @@ class ModelAdapter(ABC):
                 f"'{self.name}' (stages {_values(self.stages)}) cannot run at "
                 f"insertion.stage={plan.stage.value}; pick a stage both support"
             )
+            if Stage.IN_LLM in reducer.stages and Stage.IN_LLM in self.stages:
+                msg += ", e.g. insertion.stage=in_llm insertion.layer=2"
             raise CompatibilityError(msg)
         missing = set(reducer.needs) - set(self.provides(plan.stage))
         if missing:

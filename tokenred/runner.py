@@ -708,10 +708,31 @@ def run_study(
     progress: bool = True,
 ) -> list[RunOutcome]:
     """Run every experiment of a study (unreduced baselines first)."""
+    experiments = with_baselines(study.experiments, registries)
+    for cfg in experiments:
+        preflight(cfg, registries)
     outcomes = []
-    for cfg in with_baselines(study.experiments, registries):
+    for cfg in experiments:
         outcomes.append(run_experiment(cfg, registries, pm, progress=progress))
     return outcomes
+
+
+def preflight(cfg: ExperimentConfig, registries: Registries) -> None:
+    """Fail before any run starts if a study point cannot run (no weights loaded).
+
+    Raises:
+        TokenredError: Unknown names, or a reducer/adapter/stage mismatch.
+    """
+    entry = registries.reducers.entry(cfg.reducer.name)
+    reducer = entry.load()(cfg.reducer)
+    adapter = create_adapter(registries.models, cfg.model)
+    dataset = registries.datasets.get(cfg.data.name)(cfg.data)
+    runner = SampleRunner(
+        cfg, adapter, dataset, reducer, origin=entry.origin(), device="cpu"
+    )
+    plan = runner.plan("", None)
+    if plan is not None:
+        adapter.check_plan(plan)
 
 
 def run_from_cli(
