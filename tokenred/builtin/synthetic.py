@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 
 GENERATOR_VERSION = 2
 """Bump when rendering or question generation changes; it is part of the cache key."""
-SPLITS: Mapping[str, int] = {"train": 2000, "val": 200, "test": 200}
+SPLITS: Mapping[str, int] = {"train": 2000, "val": 200, "test": 100}
 """Splits and their default number of videos (one question per video)."""
 NUM_OPTIONS = 4
 _WORD = re.compile(r"\w+|[^\w\s]")
@@ -74,7 +74,7 @@ class SyntheticConfig(DataConfig):
     num_videos: int | None = field(
         default=None,
         metadata={
-            "help": "videos (= questions) in the split; null: 2000 train, 200 test"
+            "help": "videos (= questions) in the split; null: 2000 train, 200 val, 100 test"
         },
     )
     source_frames: int = field(default=32, metadata={"help": "frames per video"})
