@@ -74,7 +74,8 @@ class SyntheticConfig(DataConfig):
     num_videos: int | None = field(
         default=None,
         metadata={
-            "help": "videos (= questions) in the split; null: 2000 train, 200 val, 100 test"
+            "help": "videos (= questions) in the split; "
+            "null: 2000 train, 200 val, 100 test"
         },
     )
     source_frames: int = field(default=32, metadata={"help": "frames per video"})
