@@ -207,18 +207,22 @@ def _report_command(p: argparse.ArgumentParser) -> None:
 
 
 # --------------------------------------------------------------------------- commands
+def _config_sources(session: Session, args: argparse.Namespace) -> dict[str, Any]:
+    """Return the shorthand flags and overrides as config-loader keywords."""
+    return {
+        "reducer": args.reducer,
+        "model": args.model,
+        "data": args.data,
+        "budget": args.budget,
+        "overrides": args.overrides,
+        "registries": session.registries,
+    }
+
+
 def _cmd_run(session: Session, args: argparse.Namespace) -> int:
     from tokenred.config import load_study, to_yaml
 
-    study = load_study(
-        args.config,
-        reducer=args.reducer,
-        model=args.model,
-        data=args.data,
-        budget=args.budget,
-        overrides=args.overrides,
-        registries=session.registries,
-    )
+    study = load_study(args.config, **_config_sources(session, args))
     if args.dry_run:
         total = len(study.experiments)
         for i, (cfg, point) in enumerate(zip(study.experiments, study.points), 1):
@@ -373,15 +377,7 @@ def _cmd_calibrate(session: Session, args: argparse.Namespace) -> int:
     from tokenred.config import load_config
     from tokenred.runner import calibrate_reducer
 
-    cfg = load_config(
-        args.config,
-        reducer=args.reducer,
-        model=args.model,
-        data=args.data,
-        budget=args.budget,
-        overrides=args.overrides,
-        registries=session.registries,
-    )
+    cfg = load_config(args.config, **_config_sources(session, args))
     overrides, info = calibrate_reducer(cfg, session.registries, videos=args.videos)
     print(
         f"# {cfg.reducer.name} calibrated on {int(info.get('videos', 0))} videos "

@@ -267,19 +267,17 @@ def resolve_options(
     )
 
 
-def calibrate(
+def calibration(
     token_sets: Sequence[VisualTokens],
     target_ratio: float,
     config: STTMConfig,
     *,
     head_dim: int | None = None,
-) -> tuple[float, float]:
-    """Fit ``(tau_s, tau_t)`` on a subset of a dataset for an average budget.
+) -> Calibration:
+    """Fit one schedule point on a subset of a dataset for an average budget.
 
-    The runner (or a notebook) calls this on the original visual tokens of a few
-    videos, then runs ``sttm`` in ``budget_mode=threshold`` with the result, as the
-    paper did by hand. The schedule gap, bisection steps and averaging come from the
-    config (``search_gap``, ``search_iters``, ``calibration_average``).
+    The schedule gap, bisection steps and averaging come from the config
+    (``search_gap``, ``search_iters``, ``calibration_average``).
 
     Args:
         token_sets: Original visual tokens of the calibration videos (one model,
@@ -288,9 +286,6 @@ def calibrate(
         config: The STTM config (mode, root level, stages, per-head similarity).
         head_dim: The model's head width, used when ``sim_per_head`` is set and
             ``config.head_dim`` is not.
-
-    Returns:
-        ``(tau_s, tau_t)``.
 
     Raises:
         ConfigError: On an empty subset, reduced tokens or a ratio outside (0, 1].
@@ -322,4 +317,21 @@ def calibrate(
         target_ratio,
         len(token_sets),
     )
+    return cal
+
+
+def calibrate(
+    token_sets: Sequence[VisualTokens],
+    target_ratio: float,
+    config: STTMConfig,
+    *,
+    head_dim: int | None = None,
+) -> tuple[float, float]:
+    """Return ``(tau_s, tau_t)`` of :func:`calibration`.
+
+    The runner (``tokenred calibrate``) or a notebook calls this on the original
+    visual tokens of a few videos, then runs ``sttm`` in ``budget_mode=threshold``
+    with the result, as the paper did by hand.
+    """
+    cal = calibration(token_sets, target_ratio, config, head_dim=head_dim)
     return cal.tau_s, cal.tau_t

@@ -35,8 +35,8 @@ from tokenred.tokens import PositionPolicy, Reduction, Stage
 from tokenred_sttm.budget import (
     Average,
     BudgetMode,
+    calibration,
     compose,
-    fit_thresholds,
     merge_adjacent,
     resolve_options,
     search,
@@ -207,18 +207,7 @@ class STTMReducer(TokenReducer):
         """
         if not isinstance(config, STTMConfig):
             config = STTMConfig()
-        if not token_sets or not all(t.is_original() for t in token_sets):
-            msg = "sttm calibrate: need the original visual tokens of >= 1 video"
-            raise ConfigError(msg)
-        options = resolve_options(config, head_dim, token_sets[0].channels)
-        cal = fit_thresholds(
-            token_sets,
-            target_ratio,
-            options,
-            gap=config.search_gap,
-            iters=config.search_iters,
-            average=Average(config.calibration_average),
-        )
+        cal = calibration(token_sets, target_ratio, config, head_dim=head_dim)
         overrides = {
             "tau_s": float(cal.tau_s),
             "tau_t": float(cal.tau_t),
