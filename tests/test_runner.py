@@ -256,3 +256,50 @@ def test_incompatible_point_fails_before_anything_runs(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "insertion.stage=in_llm" in err[0], err
     assert not list(tmp_path.glob("*/*/samples.jsonl")), "the baseline ran anyway"
+
+
+class _TwoQuestionsPerVideo:
+    """Plugin: the synthetic split with every video asked twice (as Video-MME does)."""
+
+    @hookimpl
+    def register_datasets(self, register: Any) -> None:
+        from dataclasses import dataclass, replace
+
+        from tokenred.builtin.synthetic import SyntheticConfig, SyntheticDataset
+
+        @dataclass
+        class TwiceConfig(SyntheticConfig):
+            name: str = "twice"
+
+        class Twice(SyntheticDataset):
+            """Synthetic questions, each video asked twice."""
+
+            name = "twice"
+            Config = TwiceConfig
+
+            def load(self) -> list[Any]:
+                out = []
+                for s in super().load():
+                    out += [s, replace(s, id=s.id + "-again")]
+                return out
+
+        register(Twice)
+
+
+def test_kv_reuse_amortises_the_prefix_over_questions_of_a_video(
+    tmp_path: Path, data_root: Path
+) -> None:
+    argv = _argv(tmp_path, data_root, "measure.kv_reuse=2", "measure.baseline=false")
+    argv[argv.index("random")] = "sttm"
+    code = main([*argv, "--data", "twice"], plugins=[_TwoQuestionsPerVideo()])
+    assert code == 0
+    records = _runs(tmp_path)["sttm"]
+    assert len(records) == 6
+    for first, again in zip(records[::2], records[1::2]):
+        assert again["id"] == first["id"] + "-again"
+        a, b = first["meta"]["kv_reuse"], again["meta"]["kv_reuse"]
+        assert a["questions"] == b["questions"] == 2
+        assert a["prefix_ms"] == b["prefix_ms"], "one prefix per video"
+        assert a["same_answer"] and b["same_answer"], "reuse changed an answer"
+        per_q = first["latency_ms"]["kv_reuse_per_question"]["median"]
+        assert per_q == pytest.approx(a["prefix_ms"] / 2 + a["answer_ms"])
