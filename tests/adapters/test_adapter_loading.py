@@ -93,9 +93,15 @@ def test_unknown_model_type_and_name(tmp_path: Path, model_registry: Any) -> Non
 
 
 def test_tiny_default_reports_random_weights(
-    caplog: pytest.LogCaptureFixture, model_registry: Any
+    caplog: pytest.LogCaptureFixture, model_registry: Any, tmp_path: Path
 ) -> None:
-    adapter = create_adapter(model_registry, AdapterConfig(max_new_tokens=2))
+    from tokenred.adapters.tiny import assets_dir
+
+    # The committed config without the trained weights: the seeded random init.
+    for f in assets_dir().glob("*.json"):
+        shutil.copy(f, tmp_path / f.name)
+    cfg = AdapterConfig(path=str(tmp_path), max_new_tokens=2)
+    adapter = create_adapter(model_registry, cfg)
     assert adapter.name == "tiny" and adapter.default_num_frames == 16
     with caplog.at_level(logging.WARNING):
         adapter.load()
@@ -104,9 +110,9 @@ def test_tiny_default_reports_random_weights(
     assert info["random_weights"] is True and info["family"] == "llava_onevision"
     frames = np.random.default_rng(1).integers(0, 256, (2, 60, 80, 3), dtype=np.uint8)
     video = adapter.encode_video(frames)
-    assert video.grid == (2, 14, 14) and video.n == 2 * 196
-    assert adapter.arch.hidden_size == 128 and adapter.arch.layers == 4
-    again = create_adapter(model_registry, AdapterConfig(max_new_tokens=2))
+    assert video.grid == (2, 8, 8) and video.n == 2 * 64
+    assert adapter.arch.hidden_size == 64 and adapter.arch.layers == 4
+    again = create_adapter(model_registry, cfg)
     again.load()
     same = again.encode_video(frames)
     assert torch.equal(video.features, same.features), "random init is not seeded"

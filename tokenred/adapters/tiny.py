@@ -2,13 +2,14 @@
 
 Its config and word-level tokenizer are committed under ``tokenred/assets/tiny/``
 (regenerate them with ``python -m tokenred.assets.build_tiny``). Layout of a
-LLaVA-Video checkpoint at toy size: a 4-layer Qwen2 LLM (hidden 128, 4 heads, 2 KV
-heads) and a 2-layer SigLIP tower on 112x112 frames with 4x4 patches, so each frame
-gives 28x28 patches, pooled to 14x14 = 196 visual tokens as in the real model.
+LLaVA-Video checkpoint at toy size: a 4-layer Qwen2 LLM (hidden 64, 4 heads, 2 KV
+heads) and a 2-layer SigLIP tower (no pooling head) on 112x112 frames with 7x7
+patches, so each frame gives 16x16 patches, pooled 2x to 8x8 = 64 visual tokens.
 
-Until trained weights are committed (``model.safetensors`` in the assets folder),
-the weights are a seeded random init: answers are meaningless, a warning is
-logged, and :meth:`describe` reports ``random_weights: True``.
+The weights trained by ``experiments/train_tiny.py`` (``model.safetensors`` in the
+assets folder, see docs/demo-model.md) are loaded when present; without them the
+weights are a seeded random init: answers are meaningless, a warning is logged,
+and :meth:`describe` reports ``random_weights: True``.
 """
 
 from __future__ import annotations
