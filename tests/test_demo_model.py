@@ -1,9 +1,5 @@
-"""The shipped demo model (issue 8): it loads, answers, and its trainer runs.
-
-The accuracy check answers a small fixed subset of the synthetic test split through
-the same path as ``tokenred run`` (adapter encode + greedy generate + the dataset's
-answer extraction); the documented figure for this subset is in docs/demo-model.md.
-"""
+"""The demo model (issue 8): its trainer runs, deterministically, and the default
+ships no weights until a training run reaches the documented target."""
 
 from __future__ import annotations
 
@@ -17,16 +13,7 @@ import pytest
 
 from tokenred.adapter import AdapterConfig
 from tokenred.adapters.tiny import TinyAdapter, assets_dir
-from tokenred.builtin.synthetic import SyntheticConfig, SyntheticDataset, sixteen_frames
 from tokenred.training import TrainConfig, train
-from tokenred.video import decode_video
-
-SUBSET = 24
-"""First questions of the test split answered by the accuracy check."""
-SUBSET_ACCURACY = 5 / 24
-"""Accuracy of the committed weights on that subset (docs/demo-model.md): chance
-level, as the CPU-trained weights have not learnt the tasks yet."""
-MAX_WEIGHT_BYTES = 20 * 1024 * 1024
 
 
 def _script() -> Any:
@@ -38,35 +25,16 @@ def _script() -> Any:
     return module
 
 
-def test_shipped_weights_are_small_and_loaded() -> None:
-    weights = assets_dir() / "model.safetensors"
-    assert weights.is_file(), "the trained tiny weights are not committed"
-    assert weights.stat().st_size <= MAX_WEIGHT_BYTES
+def test_default_ships_no_weights_until_one_reaches_the_target() -> None:
+    # Issue 8 asks for >= 90 % before trained weights become the default; the
+    # attempts so far stayed at chance (docs/demo-model.md), so the default stays
+    # the seeded random init, flagged as such in every manifest.
+    assert not (assets_dir() / "model.safetensors").exists()
     adapter = TinyAdapter(AdapterConfig())
     adapter.load()
-    info = adapter.describe()
-    assert info["random_weights"] is False
+    assert adapter.describe()["random_weights"] is True
     video = adapter.encode_video(np.zeros((16, 112, 112, 3), np.uint8))
     assert video.grid == (16, 8, 8)
-
-
-def test_shipped_model_reaches_documented_accuracy(tmp_path: Path) -> None:
-    data = SyntheticDataset(
-        SyntheticConfig(split="test", num_videos=SUBSET, root=str(tmp_path))
-    )
-    samples = data.load()
-    adapter = TinyAdapter(AdapterConfig(max_new_tokens=4))
-    adapter.load()
-    correct, texts = [], []
-    for sample in samples:
-        frames = decode_video(sample.video, sixteen_frames()).frames
-        text = adapter.generate(adapter.encode_video(frames), sample.prompt).text
-        texts.append(text)
-        correct.append(data.score(text, sample)[1])
-    accuracy = float(np.mean(correct))
-    assert accuracy >= SUBSET_ACCURACY - 1e-9, f"{accuracy:.3f} < {SUBSET_ACCURACY:.3f}"
-    # The trained answer format: one option letter, then the end token.
-    assert all(t in {"A", "B", "C", "D"} for t in texts), texts
 
 
 def test_training_script_runs_a_few_steps(tmp_path: Path) -> None:
