@@ -389,17 +389,9 @@ def run_experiment(
         TokenredError: For configuration, compatibility or model-loading problems;
             per-sample data errors become error records instead.
     """
-    entry = registries.reducers.entry(cfg.reducer.name)
-    reducer = entry.load()(cfg.reducer)
-    adapter = create_adapter(registries.models, cfg.model)
-    dataset = registries.datasets.get(cfg.data.name)(cfg.data)
-    runner_probe = SampleRunner(
-        cfg, adapter, dataset, reducer, origin=entry.origin(), device="cpu"
-    )
-    probe_plan = runner_probe.plan("", None)
+    runner = preflight(cfg, registries)
+    adapter, dataset, reducer = runner.adapter, runner.dataset, runner.reducer
     reuse_k = cfg.measure.kv_reuse if reducer.query_agnostic else 0
-    if probe_plan is not None:
-        adapter.check_plan(probe_plan)
     if cfg.measure.kv_reuse and not reducer.query_agnostic:
         log.warning(
             "reducer '%s' is query-dependent: KV-cache reuse is not measured for it "
@@ -446,9 +438,7 @@ def run_experiment(
         store.write_manifest(manifest)
         if pm is not None:
             pm.hook.before_run(config=cfg, manifest=manifest)
-        runner = SampleRunner(
-            cfg, adapter, dataset, reducer, origin=entry.origin(), device=device
-        )
+        runner.device = device
         cache_root = _feature_cache_root(cfg)
         source = VideoSource(
             adapter,
@@ -717,8 +707,11 @@ def run_study(
     return outcomes
 
 
-def preflight(cfg: ExperimentConfig, registries: Registries) -> None:
-    """Fail before any run starts if a study point cannot run (no weights loaded).
+def preflight(cfg: ExperimentConfig, registries: Registries) -> SampleRunner:
+    """Build a run's parts and check they fit, before any weights load.
+
+    ``run_study`` calls it for every study point before the first run starts;
+    ``run_experiment`` uses the parts it returns (on CPU until the model loads).
 
     Raises:
         TokenredError: Unknown names, or a reducer/adapter/stage mismatch.
@@ -733,6 +726,7 @@ def preflight(cfg: ExperimentConfig, registries: Registries) -> None:
     plan = runner.plan("", None)
     if plan is not None:
         adapter.check_plan(plan)
+    return runner
 
 
 def run_from_cli(
