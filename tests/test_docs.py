@@ -1,15 +1,25 @@
-"""Docs meta-tests: hooks, reducer pages, generated references, nav."""
+"""Docs meta-tests: every registered thing has its page or entry, pages are current.
+
+Each list is enumerated from the code (the hook specs, the CLI parser, the registries
+with every installed plugin), never hard-coded, so adding a reducer, a config field,
+a command, a model adapter or a dataset without documenting it fails here with one
+line naming the page and what it lacks.
+"""
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import inspect
 import re
+from functools import cache
 from pathlib import Path
 
 import pytest
 
 from tokenred import hookspecs
+from tokenred._configdoc import describe_fields
+from tokenred.cli import Session, build_parser
 from tokenred.plugins import get_plugin_manager
 from tokenred.registry import Registries
 
@@ -43,8 +53,14 @@ def test_every_hook_signature_is_documented():
         assert signature in text, f"docs/plugins/hooks.md must show {signature}"
 
 
+@cache
+def registries() -> Registries:
+    """The registries with every installed plugin (built once per test session)."""
+    return Registries.from_plugin_manager(get_plugin_manager())
+
+
 def test_every_installed_reducer_has_a_page():
-    regs = Registries.from_plugin_manager(get_plugin_manager())
+    regs = registries()
     missing = [
         n
         for n in regs.reducers.names()
@@ -70,3 +86,42 @@ def test_nav_pages_exist_and_reducer_pages_are_listed():
     assert not missing, f"nav lists missing pages: {missing}"
     pages = {f"reducers/{p.name}" for p in (DOCS / "reducers").glob("*.md")}
     assert pages <= set(nav), f"add to the nav: {sorted(pages - set(nav))}"
+
+
+def cli_commands() -> list[str]:
+    """The subcommands of the real parser, including those plugins add."""
+    parser = build_parser(Session(get_plugin_manager()))
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return sorted(subs[0].choices)
+
+
+def test_every_cli_command_has_an_entry():
+    text = (DOCS / "cli.md").read_text()
+    commands = cli_commands()
+    assert {"run", "check", "report"} <= set(commands), "parser lost builtin commands"
+    missing = [c for c in commands if f"| `tokenred {c}" not in text]
+    assert not missing, (
+        f"docs/cli.md needs a '| `tokenred <command> ...` | ... |' row in its "
+        f"command table for: {missing}"
+    )
+
+
+@pytest.mark.parametrize("name", registries().reducers.names())
+def test_every_reducer_parameter_is_documented(name):
+    cls = registries().reducers.get(name)
+    keys = [f.key for f in describe_fields(cls.Config, "reducer.")]
+    page = DOCS / "reducers" / f"{name}.md"
+    text = page.read_text() if page.is_file() else ""
+    missing = [k for k in keys if k != "reducer.name" and f"`{k}`" not in text]
+    assert not missing, f"docs/reducers/{name}.md must document {missing}"
+
+
+@pytest.mark.parametrize(
+    ("kind", "page"), [("models", "models.md"), ("datasets", "datasets.md")]
+)
+def test_every_registered_model_and_dataset_has_an_entry(kind, page):
+    text = (DOCS / page).read_text()
+    names = getattr(registries(), kind).names()
+    assert names, f"no {kind} registered"
+    missing = [n for n in names if f"| `{n}`" not in text]
+    assert not missing, f"docs/{page} needs a '| `<name>` |' table row for: {missing}"
