@@ -19,6 +19,7 @@ from tokenred.report import (
     main_report,
     make_figures,
     markdown_table,
+    metrics_markdown,
     samples_frame,
     summary_frame,
     summary_table,
@@ -231,3 +232,16 @@ def test_stats_helpers() -> None:
     assert worse["mcnemar_b"] == 12 and worse["mcnemar_p"] == pytest.approx(2 / 2**12)
     idx = pareto_front(np.array([3.0, 1.0, 2.0, 2.5]), np.array([0.9, 0.5, 0.8, 0.7]))
     assert idx.tolist() == [1, 2, 0]
+
+
+def test_metrics_table_shows_percentages_and_whole_counts() -> None:
+    frame = pd.DataFrame(
+        [{"model": "m", "dataset": "d", "method": "x", "budget": "30%",
+          "accuracy": 27.5, "num_scored": 40.0, "synthetic/count": 100 / 3}]
+    )  # fmt: skip
+    md = metrics_markdown(frame)
+    assert "| Method | Budget | accuracy | num_scored | synthetic/count |" in md
+    assert "| x | 30% | 27.5 | 40 | 33.3 |" in md, md
+    assert metrics_markdown(frame, breakdown_only=True).splitlines()[-1] == (
+        "| x | 30% | 33.3 |"
+    )

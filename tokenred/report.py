@@ -452,7 +452,11 @@ def metrics_frame(runs: Sequence[Run]) -> pd.DataFrame:
 
 
 def metrics_markdown(frame: pd.DataFrame, *, breakdown_only: bool = False) -> str:
-    """Return the per-run dataset metrics as a Markdown table (percent values)."""
+    """Return the per-run dataset metrics as a Markdown table.
+
+    Metrics are percentages (one decimal) except the ``num_*`` sample counts, which
+    are shown as whole numbers so they are not read as percentages.
+    """
     if frame.empty:
         return ""
     fixed = ["model", "dataset", "method", "budget"]
@@ -461,9 +465,10 @@ def metrics_markdown(frame: pd.DataFrame, *, breakdown_only: bool = False) -> st
         keys = [k for k in keys if "/" in k]
     if not keys:
         return ""
+    fmts = {k: "{:.0f}" if k.startswith("num_") else "{:.1f}" for k in keys}
     headers = ["Method", "Budget", *keys]
     rows = [
-        [str(r["method"]), str(r["budget"]), *(_num(r.get(k)) for k in keys)]
+        [str(r["method"]), str(r["budget"]), *(_num(r.get(k), fmts[k]) for k in keys)]
         for _, r in frame.iterrows()
     ]
     return markdown_table(headers, rows)
