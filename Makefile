@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 PLUGINS := $(sort $(dir $(wildcard plugins/*/pyproject.toml)))
 STAMP   := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit docs env clean
+.PHONY: run test lint typecheck unit docs env study clean
 
 $(STAMP): pyproject.toml constraints/cpu.txt $(wildcard plugins/*/pyproject.toml)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -34,6 +34,18 @@ test: lint typecheck unit docs
 
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+# The embedded study of the docs' results page (docs/study.md): run it, then write
+# its tables and figures into docs/study/. Finished runs are reused. The run store
+# is keyed by the demo model's weights file, so new weights never reuse old answers.
+STUDY_WEIGHTS = $(shell $(PY) -c "import hashlib, pathlib; \
+	p = pathlib.Path('tokenred/assets/tiny/model.safetensors'); \
+	print(hashlib.sha256(p.read_bytes()).hexdigest()[:12] if p.is_file() else 'random')")
+STUDY_ROOT = runs/study-$(STUDY_WEIGHTS)
+
+study: $(STAMP)
+	$(BIN)/tokenred run -c experiments/demo_study.yaml output.root=$(STUDY_ROOT)
+	$(BIN)/tokenred report $(STUDY_ROOT)/demo_study --out docs/study
 
 clean:
 	rm -rf $(VENV) site

@@ -130,6 +130,24 @@ def test_report_writes_all_files(study: Path, tmp_path: Path) -> None:
     assert "fastv (K=2)" in md
 
 
+def test_report_files_are_byte_identical_on_rerun(study: Path, tmp_path: Path) -> None:
+    # Reports are committed (docs/study/): rerunning must not churn them.
+    for run in study.iterdir():
+        (run / "metrics.json").write_text('{"accuracy": 50.0, "num_scored": 4.0}')
+    first = main_report([study], tmp_path / "a")
+    second = main_report([study], tmp_path / "b")
+    for name in ("acc_vs_ratio.svg", "acc_vs_flops.png", "summary.md", "metrics.md"):
+        assert (first / name).read_bytes() == (second / name).read_bytes(), name
+    svg = (first / "acc_vs_ratio.svg").read_text()
+    assert "<dc:date>" not in svg, "no timestamp in committed figures"
+    rows = (first / "metrics.md").read_text().splitlines()[4:]
+    methods = [r.split(" | ")[0].lstrip("| ") for r in rows]
+    budgets = [r.split(" | ")[1] for r in rows]
+    assert methods[0] == "unreduced", "the baseline comes first, as in the summary"
+    assert methods[1:] == sorted(methods[1:]), methods
+    assert budgets[methods.index("random") :][:2] == ["50%", "25%"], budgets
+
+
 def test_summary_values_against_hand_computation(study: Path) -> None:
     runs = load_runs([study])
     samples = samples_frame(runs)

@@ -448,7 +448,14 @@ def metrics_frame(runs: Sequence[Run]) -> pd.DataFrame:
                 **metrics,
             }
         )
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame
+    # The summary's order: unreduced first, then by method and falling budget.
+    amount = frame["budget"].str.extract(r"([0-9.]+)")[0].astype(float)
+    order = frame.assign(_base=frame["method"] != "unreduced", _amount=-amount)
+    order = order.sort_values(["model", "dataset", "_base", "method", "_amount"])
+    return order.drop(columns=["_base", "_amount"]).reset_index(drop=True)
 
 
 def metrics_markdown(frame: pd.DataFrame, *, breakdown_only: bool = False) -> str:
@@ -508,11 +515,23 @@ def main_report(
             "# Dataset metrics per run\n\n" + metrics_markdown(metrics),
             encoding="utf-8",
         )
-    for name, fig in make_figures(summary).items():
-        for ext in ("png", "svg"):
-            fig.savefig(out / f"{name}.{ext}", dpi=150)
+    save_figures(make_figures(summary), out)
     log.info("report of %d runs written to %s", len(runs), out)
     return out
+
+
+def save_figures(figures: dict[str, Figure], out: Path) -> None:
+    """Save each figure as PNG and SVG, byte-identical for identical data.
+
+    Reports may be committed (``docs/study/``), so the SVG's date is left out and
+    its element ids are salted with a constant instead of a random UUID.
+    """
+    import matplotlib
+
+    with matplotlib.rc_context({"svg.hashsalt": "tokenred"}):
+        for name, fig in figures.items():
+            fig.savefig(out / f"{name}.png", dpi=150)
+            fig.savefig(out / f"{name}.svg", metadata={"Date": None})
 
 
 def summary_table(stores: Sequence[RunStore | str | Path]) -> str:
