@@ -22,6 +22,7 @@ from tokenred._configdoc import describe_fields
 from tokenred.cli import Session, build_parser
 from tokenred.plugins import TokenredPluginManager, get_plugin_manager
 from tokenred.registry import Registries
+from tokenred.tokens import Need, Stage
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
@@ -148,3 +149,33 @@ def test_every_registered_model_and_dataset_has_an_entry(kind, page):
     assert names, f"no {kind} registered"
     missing = [n for n in names if f"| `{n}`" not in text]
     assert not missing, f"docs/{page} needs a '| `<name>` |' table row for: {missing}"
+
+
+META_HEADER = "| stages | needs | exact budget | query-agnostic | default positions |"
+
+
+def _yes_no(cell: str) -> bool | None:
+    word = cell.strip("* ").split(" ")[0].lower()
+    return {"yes": True, "no": False}.get(word)
+
+
+@pytest.mark.parametrize("name", registries().reducers.names())
+def test_reducer_page_header_matches_the_class(name):
+    cls = registries().reducers.get(name)
+    text = (DOCS / "reducers" / f"{name}.md").read_text()
+    page = f"docs/reducers/{name}.md"
+    for label in ("**Paper:**", "**Reference implementation:**"):
+        assert label in text, f"{page} needs a '{label}' line"
+    lines = text.splitlines()
+    assert META_HEADER in lines, f"{page} needs the table '{META_HEADER}'"
+    row = lines[lines.index(META_HEADER) + 2]
+    stages, needs, exact, agnostic, positions = (c.strip() for c in row.split("|")[1:6])
+    claimed = {s.value for s in Stage if f"`{s.value}`" in stages}
+    assert claimed == {s.value for s in cls.stages}, f"{page}: stages cell '{stages}'"
+    declared = {n.value for n in cls.needs}
+    named = {n.value for n in Need if f"`{n.value}`" in needs or n.value in needs}
+    assert named == declared, f"{page}: needs cell '{needs}'"
+    assert _yes_no(exact) is cls.exact_budget, f"{page}: exact budget cell '{exact}'"
+    assert _yes_no(agnostic) is cls.query_agnostic, f"{page}: query-agnostic cell"
+    policy = f"`{cls.position_policy.value}`"
+    assert positions.startswith(policy), f"{page}: default positions must be {policy}"
