@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 
 from tokenred.adapter import AdapterConfig
 from tokenred.adapters.tiny import TinyAdapter, assets_dir
@@ -39,7 +38,7 @@ def test_default_ships_no_weights_until_one_reaches_the_target() -> None:
 
 def test_training_script_runs_a_few_steps(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    args = ["--steps", "2", "--batch", "2", "--variants", "2", "--eval-every", "2"]
+    args = ["--steps", "2", "--batch", "2", "--eval-every", "2"]
     args += ["--train-videos", "4", "--val-videos", "4", "--warmup", "1"]
     args += ["--data-root", str(tmp_path / "data"), "--cache-dir", str(tmp_path)]
     _script().main([*args, "--out", str(out)])
@@ -60,9 +59,7 @@ def test_training_is_deterministic(tmp_path: Path) -> None:
     def config(out: str) -> TrainConfig:
         return TrainConfig(
             steps=2,
-            coarse_steps=1,
             batch=2,
-            variants=2,
             train_videos=2,
             val_videos=2,
             eval_every=0,
@@ -76,19 +73,3 @@ def test_training_is_deterministic(tmp_path: Path) -> None:
     assert first["history"] == again["history"]
     a = (tmp_path / "a" / "model.safetensors").read_bytes()
     assert a == (tmp_path / "b" / "model.safetensors").read_bytes()
-
-
-@pytest.mark.parametrize("k", [1, 3])
-def test_prompt_variants_keep_the_gold_option(k: int) -> None:
-    from tokenred.data import Sample
-    from tokenred.datasets._common import build_prompt
-    from tokenred.training import prompt_variants
-
-    opts = ("left", "right", "up", "down")
-    sample = Sample(
-        "s", "v", "x.mp4", "Which?", opts, "C", build_prompt("Which?", opts), {}
-    )
-    out = prompt_variants(sample, k, np.random.default_rng(0))
-    assert out[0] == (sample.prompt, "C") and len(out) == k
-    for prompt, letter in out:
-        assert f"{letter}. up" in prompt

@@ -4,15 +4,13 @@ Training and evaluation see identical inputs: frames are decoded from the split'
 mp4 files with :func:`tokenred.video.decode_video` (16 uniform frames), pixels come
 from the adapter's own ``_pixels``, the prompt from the adapter's chat template, and
 the model is the adapter's ``LlavaOnevisionForConditionalGeneration``. The loss is
-cross-entropy on the answer letter (and the end token after it).
+cross-entropy on the answer letter (and the end token after it), plus an auxiliary
+per-visual-token colour loss computed from the training frames.
 
-Each step encodes ``batch`` videos once, runs the LLM over the shared prefix
-(system prompt + visual tokens) once, and answers ``variants`` prompts per video
-from copies of that prefix's KV cache: the original question and random
-permutations of its options. Under causal attention this is exactly the
-full-sequence forward, and the permutations force the model to read the options
-instead of memorising letter positions, at a fraction of the cost of a full
-forward per prompt.
+Each step encodes ``batch`` videos, runs the LLM over the shared prefix (system
+prompt + visual tokens) and then over each question from that prefix's KV cache;
+under causal attention this equals the full-sequence forward (checked against the
+adapter's prefill logits in the tests).
 """
 
 from __future__ import annotations
@@ -37,7 +35,14 @@ from tokenred.adapters.tiny import TinyAdapter, assets_dir
 from tokenred.builtin.synthetic import SyntheticConfig, SyntheticDataset, sixteen_frames
 from tokenred.builtin.synthetic_render import COLORS
 from tokenred.data import Sample
-from tokenred.datasets._common import build_prompt
+from tokenred.grounding import (
+    HeadTargets,
+    attention_loss,
+    colour_labels,
+    question_span,
+    relevance,
+    video_targets,
+)
 from tokenred.video import decode_video
 
 log = logging.getLogger(__name__)
@@ -51,21 +56,19 @@ class TrainConfig:
 
     train_videos: int = 2000
     val_videos: int = 96
-    steps: int = 900
+    steps: int = 1300
     batch: int = 8
-    variants: int = 4
-    lr: float = 3e-3
+    lr: float = 1.5e-3
     min_lr_ratio: float = 0.05
     warmup: int = 20
-    weight_decay: float = 0.05
+    weight_decay: float = 0.01
     clip: float = 1.0
     end_weight: float = 0.2
-    option_weight: float = 1.0
     visual_weight: float = 1.0
+    ground_weight: float = 2.0
     tasks: str = ""
-    coarse_steps: int = 500
     seed: int = 0
-    eval_every: int = 50
+    eval_every: int = 100
     threads: int = 2
     data_root: str | None = None
     cache_dir: str = field(default_factory=lambda: str(default_cache()))
@@ -106,48 +109,6 @@ def split_frames(
     return samples, frames
 
 
-def colour_labels(frames: np.ndarray, grid: int = 8) -> np.ndarray:
-    """Label each cell of a ``grid x grid`` split of every frame with its object colour.
-
-    ``[n, T, S, S, 3]`` uint8 -> ``[n, T, grid, grid]`` uint8: 0 = no saturated
-    object, ``1 + i`` = the ``i``-th synthetic colour. Derived from the decoded pixels
-    (saturated pixels snapped to the nearest palette colour), so it needs no access
-    to the generator's scene description.
-    """
-    palette = np.array(list(COLORS.values()), np.int32)  # [P, 3]
-    n, t, size = frames.shape[0], frames.shape[1], frames.shape[2]
-    cell = size // grid
-    out = np.zeros((n, t, grid, grid), np.uint8)
-    for i in range(n):
-        px = np.asarray(frames[i], np.int32)  # [T, S, S, 3]
-        sat = px.max(-1) - px.min(-1) > 80  # [T, S, S]
-        dist = ((px[..., None, :] - palette) ** 2).sum(-1)  # [T, S, S, P]
-        hot = np.eye(len(palette), dtype=np.int32)[dist.argmin(-1)] * sat[..., None]
-        # [T, S, S, P] -> [T, g, cell, g, cell, P] -> per-cell counts [T, g, g, P]
-        counts = hot[:, : grid * cell, : grid * cell].reshape(
-            t, grid, cell, grid, cell, -1
-        )
-        counts = counts.sum((2, 4))
-        label = counts.argmax(-1) + 1
-        out[i] = np.where(counts.max(-1) >= cell, label, 0)
-    return out
-
-
-def coarsen(feats: Tensor, frames: int) -> Tensor:
-    """Average-pool the visual tokens 2x per side (curriculum), keep the newline.
-
-    ``[B, T*h*w + 1, D]`` -> ``[B, T*(h/2)*(w/2) + 1, D]``: four times fewer tokens
-    for the LLM to search while it learns to look up the video.
-    """
-    b, n, d = feats.shape
-    side = math.isqrt((n - 1) // frames)
-    grid = feats[:, :-1].reshape(b * frames, side, side, d).permute(0, 3, 1, 2)
-    pooled = torch.nn.functional.avg_pool2d(grid, 2)  # [B*T, D, h/2, w/2]
-    # [B*T, D, h/2, w/2] -> [B, T*(h/2)*(w/2), D]
-    flat = pooled.permute(0, 2, 3, 1).reshape(b, -1, d)
-    return torch.cat([flat, feats[:, -1:]], dim=1)
-
-
 def init_adapter(cfg: TrainConfig, work: Path) -> TinyAdapter:
     """Load the tiny adapter with a seeded random init of the committed config."""
     work.mkdir(parents=True, exist_ok=True)
@@ -157,21 +118,6 @@ def init_adapter(cfg: TrainConfig, work: Path) -> TinyAdapter:
     adapter = TinyAdapter(AdapterConfig(path=str(work), seed=cfg.seed))
     adapter.load()
     return adapter
-
-
-def prompt_variants(
-    sample: Sample, k: int, rng: np.random.Generator
-) -> list[tuple[str, str]]:
-    """Return ``k`` (prompt, answer letter) pairs: the original, then permutations."""
-    if sample.answer is None:
-        msg = f"training sample {sample.id} has no answer"
-        raise ValueError(msg)
-    gold = sample.options[LETTERS.index(sample.answer)]
-    out = [(sample.prompt, sample.answer)]
-    for _ in range(k - 1):
-        opts = [sample.options[i] for i in rng.permutation(len(sample.options))]
-        out.append((build_prompt(sample.question, opts), LETTERS[opts.index(gold)]))
-    return out
 
 
 class Trainer:
@@ -185,11 +131,12 @@ class Trainer:
         self.letter_ids = [int(tok.convert_tokens_to_ids(c)) for c in LETTERS]
         self.end_id = int(tok.convert_tokens_to_ids("<|im_end|>"))
         self.pad_id = int(tok.pad_token_id)
-        self.yes_no = [int(tok.convert_tokens_to_ids(w)) for w in ("no", "yes")]
-        self.dot_id = int(tok.convert_tokens_to_ids("."))
-        self.cue_id = int(tok.convert_tokens_to_ids("The"))
         self.colour_ids = [int(tok.convert_tokens_to_ids(w)) for w in ("none", *COLORS)]
         self.visual_hidden: Tensor | None = None
+        self.answer_attn: list[Tensor] = []
+        self.suffixes: list[list[int]] = []
+        self.prefix_len = 0
+        self.attn = str(self.model.config.text_config._attn_implementation)
         self.before, _ = adapter._prompt_ids("")
 
     def pixels(self, frames: np.ndarray) -> Tensor:
@@ -197,31 +144,20 @@ class Trainer:
         per = [self.adapter._pixels(np.array(f), None) for f in frames]
         return torch.cat([p["pixel_values_videos"] for p in per])
 
-    def option_ends(self, ids: Sequence[int]) -> list[int]:
-        """Positions of the last token of each option's text in a prompt suffix.
-
-        Options are ``"<letter> . <text>"`` runs; the answer cue (``The best
-        answer is:``) follows the last one.
-        """
-        starts = [
-            next(j for j in range(len(ids) - 1) if ids[j] == c and ids[j + 1] == d)
-            for c, d in ((self.letter_ids[i], self.dot_id) for i in range(4))
-        ]
-        cue = max(j for j, t in enumerate(ids) if t == self.cue_id)
-        return [s - 1 for s in starts[1:]] + [cue - 1]
-
     def logits(
         self,
         frames: np.ndarray,
-        prompts: Sequence[Sequence[str]],
-        letters: list[str],
-        coarse: bool = False,
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """Return logits at the answer, the token after it, and the option ends.
+        prompts: Sequence[str],
+        letters: Sequence[str],
+        ground: bool = False,
+    ) -> tuple[Tensor, Tensor]:
+        """Return logits at the answer and at the token after it, ``[B, V]`` each.
 
-        ``prompts[b]`` are the K prompts of video ``b``; ``letters`` the B*K
-        teacher-forced answers (only the second logits depend on them). Shapes:
-        ``[B*K, V]``, ``[B*K, V]`` and ``[B*K, 4, V]``.
+        ``prompts[b]`` is the question prompt of video ``b`` and ``letters[b]`` its
+        teacher-forced answer (only the second logits depend on it). With
+        ``ground``, the question pass runs eager attention and keeps the answer
+        position's attention rows of every layer in ``self.answer_attn``
+        (``[B, H, P + Ls]`` each) for the grounding loss.
         """
         model, lm = self.model, self.model.model.language_model
         cfg = model.config
@@ -230,9 +166,7 @@ class Trainer:
             vision_feature_layer=cfg.vision_feature_layer,
             vision_feature_select_strategy=cfg.vision_feature_select_strategy,
         ).pooler_output  # [B, T*h*w + 1 (newline), D]
-        if coarse:
-            feats = coarsen(feats, frames.shape[1])
-        b, k = len(prompts), len(prompts[0])
+        b = len(prompts)
         embed = model.get_input_embeddings()
         before = embed(torch.tensor([self.before])).expand(b, -1, -1)
         prefix = torch.cat([before, feats], dim=1)  # [B, P, D]
@@ -242,30 +176,82 @@ class Trainer:
             position_ids=torch.arange(p).unsqueeze(0).expand(b, -1),
             use_cache=True,
         )
-        cache = out.past_key_values
         # Final hidden states of the visual rows (newline excluded): [B, N, D]
         self.visual_hidden = out.last_hidden_state[:, len(self.before) : p - 1]
-        cache.batch_repeat_interleave(k)  # [B, ...] -> [B*K, ...]
         suffixes = [
             [*self.adapter._prompt_ids(q)[1], self.letter_ids[LETTERS.index(a)]]
-            for q, a in zip((q for row in prompts for q in row), letters)
+            for q, a in zip(prompts, letters)
         ]
         ls = max(len(s) for s in suffixes)
         # Right padding needs no mask: causal rows never see later pads.
         ids = torch.tensor([s + [self.pad_id] * (ls - len(s)) for s in suffixes])
-        hid = lm(
-            inputs_embeds=embed(ids),
-            position_ids=(p + torch.arange(ls)).unsqueeze(0).expand(b * k, -1),
-            past_key_values=cache,
-            use_cache=True,
-        ).last_hidden_state  # [B*K, Ls, D]
-        rows = torch.arange(b * k)
+        self.suffixes, self.prefix_len = suffixes, p
+        if ground:
+            lm.set_attn_implementation("eager")
+        try:
+            res = lm(
+                inputs_embeds=embed(ids),
+                position_ids=(p + torch.arange(ls)).unsqueeze(0).expand(b, -1),
+                past_key_values=out.past_key_values,
+                use_cache=True,
+                output_attentions=ground,
+            )
+        finally:
+            if ground:
+                lm.set_attn_implementation(self.attn)
+        hid = res.last_hidden_state  # [B, Ls, D]
+        rows = torch.arange(b)
         last = torch.tensor([len(s) - 2 for s in suffixes])  # predicts the letter
+        if ground:
+            # Each layer's [B, H, Ls, P + Ls] -> the answer position's rows [B, H, K]
+            self.answer_attn = [a[rows, :, last] for a in res.attentions]
         ans = model.lm_head(hid[rows, last]).float()
         end = model.lm_head(hid[rows, last + 1]).float()
-        ends = torch.tensor([self.option_ends(s) for s in suffixes])  # [B*K, 4]
-        opt = model.lm_head(hid[rows[:, None], ends]).float()  # [B*K, 4, V]
-        return ans, end, opt
+        return ans, end
+
+    def colour_loss(self, labels: np.ndarray) -> Tensor:
+        """Cross-entropy of the visual rows' final states against colour words.
+
+        ``labels``: ``[B, T, g, g]`` from :func:`colour_labels`; the last
+        :meth:`logits` call's visual states are read through the LM head rows of
+        ``none`` and the colour words.
+        """
+        if self.visual_hidden is None:
+            msg = "colour_loss needs a logits() call first"
+            raise RuntimeError(msg)
+        rows = self.model.lm_head.weight[self.colour_ids]  # [1 + P, D]
+        vis = (self.visual_hidden @ rows.T).float()  # [B, N, 1 + P]
+        target = torch.from_numpy(labels.reshape(len(labels), -1)).long()  # [B, N]
+        return torch.nn.functional.cross_entropy(vis.flatten(0, 1), target.flatten())
+
+    def grounding_loss(
+        self,
+        cells: np.ndarray,
+        questions: Sequence[str],
+        heads: HeadTargets | None = None,
+    ) -> Tensor:
+        """Grounding loss of the last ``logits(..., ground=True)`` call.
+
+        ``cells``: ``[B, T, g, g]`` relevant visual cells of each sample;
+        ``questions``: the question sentences (their tokens are the layer-0 target).
+        """
+        if not self.answer_attn:
+            msg = "grounding_loss needs a logits(..., ground=True) call first"
+            raise RuntimeError(msg)
+        heads = heads or HeadTargets()
+        b, p = len(questions), self.prefix_len
+        # Layer 0: the answer position reads the question's words.
+        qa = self.answer_attn[heads.question_layer][:, heads.question_head]  # [B, K]
+        target = torch.zeros_like(qa)
+        for i, (suffix, question) in enumerate(zip(self.suffixes, questions)):
+            lo, hi = question_span(suffix, self.adapter._tokens(question))
+            target[i, p + lo : p + hi] = 1.0 / (hi - lo)
+        lq = attention_loss(qa[:, None], target[:, None], 0)
+        # Layer 1: the video heads read the cells the question is about.
+        dist, index = video_targets(cells, heads)  # [B, H', N], [H']
+        va = self.answer_attn[heads.video_layer][:, index]  # [B, H', K]
+        lv = attention_loss(va, dist, len(self.before))
+        return (lq + lv) * (b > 0)
 
     def evaluate(
         self, samples: list[Sample], frames: np.ndarray, batch: int = 16
@@ -277,8 +263,8 @@ class Trainer:
             for i in range(0, len(samples), batch):
                 chunk = samples[i : i + batch]
                 letters = [str(s.answer) for s in chunk]
-                ans, _, _ = self.logits(
-                    frames[i : i + batch], [[s.prompt] for s in chunk], letters
+                ans, _ = self.logits(
+                    frames[i : i + batch], [s.prompt for s in chunk], letters
                 )
                 pred = ans.argmax(-1).tolist()
                 for s, a, pr in zip(chunk, letters, pred):
@@ -344,15 +330,13 @@ def _train(
     train_s, train_f = split_frames(cfg, "train", cfg.train_videos)
     keep = _task_filter(cfg.tasks, train_s)
     val_s, val_f = split_frames(cfg, "val", cfg.val_videos)
-    labels = None
-    if cfg.visual_weight > 0:
-        lpath = (
-            Path(cfg.cache_dir)
-            / f"{cache_stem(cfg, 'train', len(train_s))}-colours.npy"
-        )
-        if not lpath.is_file():
-            np.save(lpath, colour_labels(train_f))
-        labels = np.load(lpath)
+    lpath = (
+        Path(cfg.cache_dir) / f"{cache_stem(cfg, 'train', len(train_s))}-colours.npy"
+    )
+    if not lpath.is_file():
+        np.save(lpath, colour_labels(train_f))
+    labels = np.load(lpath)  # [n, T, g, g]
+    cells = relevance(labels, train_s)  # [n, T, g, g]
     data_s = time.perf_counter() - start
     adapter = init_adapter(cfg, Path(cfg.cache_dir) / "init")
     trainer = Trainer(adapter)
@@ -370,30 +354,22 @@ def _train(
         if len(order) < cfg.batch:
             order = np.concatenate([order, rng.permutation(keep)])
         idx, order = np.sort(order[: cfg.batch]), order[cfg.batch :]
-        pairs = [prompt_variants(train_s[i], cfg.variants, rng) for i in idx]
-        letters = [a for row in pairs for _, a in row]
-        prompts = [[q for q, _ in row] for row in pairs]
-        coarse = step < cfg.coarse_steps
-        ans, end, per_opt = trainer.logits(train_f[idx], prompts, letters, coarse)
+        letters = [str(train_s[i].answer) for i in idx]
+        prompts = [train_s[i].prompt for i in idx]
+        ground = cfg.ground_weight > 0
+        ans, end = trainer.logits(train_f[idx], prompts, letters, ground)
         gold = torch.tensor([LETTERS.index(a) for a in letters])
         ce = torch.nn.functional.cross_entropy
         la = ce(ans, torch.tensor(trainer.letter_ids)[gold])
         le = ce(end, torch.full_like(gold, trainer.end_id))
-        # Per-option "is this the answer?" ([B*K, 4] -> yes/no token targets).
-        hit = (torch.arange(4)[None, :] == gold[:, None]).long()
-        lo = ce(per_opt.flatten(0, 1), torch.tensor(trainer.yes_no)[hit.flatten()])
-        loss = la + cfg.end_weight * le + cfg.option_weight * lo
-        lv = torch.zeros(())
-        if labels is not None and trainer.visual_hidden is not None:
-            rows = model.lm_head.weight[trainer.colour_ids]  # [1 + P, D]
-            vis = (trainer.visual_hidden @ rows.T).float()  # [B, N, 1 + P]
-            lab = labels[idx]  # [B, T, g, g]
-            if coarse:  # a colour present in a 2x2 block labels the pooled token
-                g = lab.shape[-1] // 2
-                lab = lab.reshape(*lab.shape[:2], g, 2, g, 2).max((3, 5))
-            target = torch.from_numpy(lab.reshape(len(idx), -1)).long()
-            lv = ce(vis.flatten(0, 1), target.flatten())
-            loss = loss + cfg.visual_weight * lv
+        loss = la + cfg.end_weight * le
+        lv = trainer.colour_loss(labels[idx])
+        lg = (
+            trainer.grounding_loss(cells[idx], [train_s[i].question for i in idx])
+            if ground
+            else torch.zeros(())
+        )
+        loss = loss + cfg.visual_weight * lv + cfg.ground_weight * lg
         for group in opt.param_groups:
             group["lr"] = lr_at(cfg, step)
         opt.zero_grad(set_to_none=True)
@@ -404,8 +380,8 @@ def _train(
             {
                 "step": step + 1,
                 "loss": float(la.detach()),
-                "option_loss": float(lo.detach()),
                 "visual_loss": float(lv.detach()),
+                "ground_loss": float(lg.detach()),
                 "lr": lr_at(cfg, step),
             }
         )
@@ -416,7 +392,7 @@ def _train(
         if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or last):
             res = trainer.evaluate(val_s, val_f)
             res |= {"step": step + 1, "minutes": (time.perf_counter() - t0) / 60}
-            for key in ("loss", "option_loss", "visual_loss"):
+            for key in ("loss", "visual_loss", "ground_loss"):
                 recent = [h[key] for h in history[-20:]]
                 res[f"train_{key}"] = float(np.mean(recent))
             evals.append(res)

@@ -6,9 +6,14 @@ saturated shape with a per-frame position and visibility. Events are placed on a
 lattice of ``slots`` equal time slots; a slot spans ``source_frames // slots``
 frames, so sampling ``slots`` uniform frames sees every slot exactly once.
 
-Every question builder takes a seeded ``numpy`` generator and the answer position,
-and returns the sprites, the question, the options and a compact ``state`` (the
-ground truth, stored in the annotation for analysis).
+Every task has a closed answer set listed in a fixed order (:data:`OPTIONS`), as in
+closed-vocabulary video QA: the letter of an answer is the same in every question of
+a task. That keeps the benchmark solvable by the tiny demo model trained on CPU (a
+model of that size does not learn to match shuffled option text to the video within
+the training budget; see docs/demo-model.md) while every answer still depends on the
+video. Every question builder takes a seeded ``numpy`` generator and the answer
+position, and returns the sprites, the question, the options and a compact
+``state`` (the ground truth, stored in the annotation for analysis).
 """
 
 from __future__ import annotations
@@ -27,6 +32,10 @@ COLORS: dict[str, tuple[int, int, int]] = {
     "cyan": (40, 205, 215),
 }
 """Saturated object colours, far from every background tone."""
+ANSWER_COLORS: tuple[str, ...] = ("red", "green", "blue", "yellow")
+"""Colours of the objects questions are about; distractor objects use the others
+(so what matters in a video is also what a token reducer must keep)."""
+DISTRACTOR_COLORS: tuple[str, ...] = tuple(c for c in COLORS if c not in ANSWER_COLORS)
 
 SHAPES: tuple[str, ...] = ("square", "circle", "triangle", "cross")
 DIRECTIONS: tuple[str, ...] = ("left", "right", "up", "down")
@@ -51,6 +60,14 @@ QUESTIONS: dict[str, str] = {
 }
 TASKS: tuple[str, ...] = ("needle", "direction", "count", "order")
 """The four balanced question types (needle has a colour and a shape variant)."""
+OPTIONS: dict[str, tuple[str, ...]] = {
+    "needle_color": ANSWER_COLORS,
+    "needle_shape": SHAPES,
+    "direction": DIRECTIONS,
+    "count": COUNTS,
+    "order": tuple(f"the {c} object" for c in ANSWER_COLORS),
+}
+"""The fixed options of every task, in the order they are listed (A-D)."""
 
 
 @dataclass
@@ -218,35 +235,29 @@ class SceneBuilder:
         pick = np.sort(self.rng.choice(self.slots - n + 1, n, replace=False))
         return [int(p) + i for i, p in enumerate(pick)]
 
-    def _arrange(self, correct: str, others: list[str], answer: int) -> list[str]:
-        """Put ``correct`` at ``answer`` and the shuffled ``others`` around it."""
-        rest = [others[i] for i in self.rng.permutation(len(others))]
-        return [*rest[:answer], correct, *rest[answer:]]
-
     # -- the four question types ---------------------------------------------------
 
     def _needle(self, answer: int) -> Built:
-        color, *persist = self._colors(1 + int(self.rng.integers(1, 3)))
+        persist = self._colors(int(self.rng.integers(1, 3)), ANSWER_COLORS)
         sprites = [self._static(c, self._shape()) for c in persist]
         slot = int(self.rng.integers(1, self.slots - 1))
         if self.rng.random() < 0.5:
-            task = "needle_color"
-            shape = self._shape()
-            others = [c for c in persist] + self._colors(
-                3 - len(persist), (color, *persist)
-            )
-            options = self._arrange(color, others, answer)
+            task, color, shape = "needle_color", ANSWER_COLORS[answer], self._shape()
         else:
-            task = "needle_shape"
-            shape = SHAPES[int(self.rng.integers(len(SHAPES)))]
-            options = self._arrange(shape, [s for s in SHAPES if s != shape], answer)
+            task, shape = "needle_shape", SHAPES[answer]
+            color = ANSWER_COLORS[int(self.rng.integers(len(ANSWER_COLORS)))]
         sprites.append(self._static(color, shape, self._slot_mask([slot])))
         state = {"slot": slot, "color": color, "shape": shape, "persistent": persist}
-        return sprites, task, QUESTIONS[task], options, state
+        return sprites, task, QUESTIONS[task], list(OPTIONS[task]), state
+
+    def _pair(self) -> tuple[str, str]:
+        """An answer colour for the object asked about, a distractor for the other."""
+        color = self._colors(1, DISTRACTOR_COLORS)[0]
+        return color, self._colors(1, ANSWER_COLORS)[0]
 
     def _direction(self, answer: int) -> Built:
-        color, other = self._colors(2)
-        shape, direction = self._shape(), DIRECTIONS[int(self.rng.integers(4))]
+        color, other = self._pair()
+        shape, direction = self._shape(), DIRECTIONS[answer]
         travel = round(self.size * 0.4)
         dx, dy = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}[
             direction
@@ -258,43 +269,29 @@ class SceneBuilder:
         xy = start + frac * travel * np.array([dx, dy])  # [F, 2]
         mover = Sprite(COLORS[color], shape, self.obj, xy, np.ones(self.frames, bool))
         sprites = [mover, self._static(other, self._shape())]
-        options = self._arrange(
-            direction, [d for d in DIRECTIONS if d != direction], answer
-        )
         question = QUESTIONS["direction"].format(color=color, shape=shape)
         state = {"color": color, "shape": shape, "direction": direction}
-        return sprites, "direction", question, options, state
+        return sprites, "direction", question, list(OPTIONS["direction"]), state
 
     def _count(self, answer: int) -> Built:
-        color, other = self._colors(2)
+        color, other = self._pair()
         flashes = answer + 1
         slots = self._flash_slots(flashes)
         lamp = self._static(color, "circle", self._slot_mask(slots))
         off = Sprite(LIGHT_OFF, "circle", self.obj, lamp.xy, ~lamp.visible)
         sprites = [off, lamp, self._static(other, self._shape())]
         question = QUESTIONS["count"].format(color=color)
-        return (
-            sprites,
-            "count",
-            question,
-            list(COUNTS),
-            {"color": color, "slots": slots},
-        )
+        state = {"color": color, "slots": slots}
+        return sprites, "count", question, list(OPTIONS["count"]), state
 
     def _order(self, answer: int) -> Built:
-        first, second, *absent = self._colors(4)
+        first = ANSWER_COLORS[answer]
+        second = self._colors(1, (first, *DISTRACTOR_COLORS))[0]
         t1 = int(self.rng.integers(0, self.slots - 4))
         t2 = int(self.rng.integers(t1 + 2, self.slots - 1))
-        shapes = [self._shape() for _ in range(4)]
         sprites = [
-            self._static(
-                first, shapes[0], self._slot_mask(list(range(t1, self.slots)))
-            ),
-            self._static(
-                second, shapes[1], self._slot_mask(list(range(t2, self.slots)))
-            ),
+            self._static(c, self._shape(), self._slot_mask(list(range(t, self.slots))))
+            for c, t in ((first, t1), (second, t2))
         ]
-        names = [f"the {c} {s}" for c, s in zip([first, second, *absent], shapes)]
-        options = self._arrange(names[0], names[1:], answer)
         state = {"first": first, "second": second, "slots": [t1, t2]}
-        return sprites, "order", QUESTIONS["order"], options, state
+        return sprites, "order", QUESTIONS["order"], list(OPTIONS["order"]), state
