@@ -303,3 +303,35 @@ def test_kv_reuse_amortises_the_prefix_over_questions_of_a_video(
         assert a["same_answer"] and b["same_answer"], "reuse changed an answer"
         per_q = first["latency_ms"]["kv_reuse_per_question"]["median"]
         assert per_q == pytest.approx(a["prefix_ms"] / 2 + a["answer_ms"])
+
+
+def test_new_weights_at_the_same_path_start_new_runs(
+    tmp_path: Path, data_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tokenred.adapter import AdapterConfig
+    from tokenred.adapters._runtime import weights_fingerprint
+    from tokenred.adapters.tiny import TinyAdapter, assets_dir
+
+    ckpt, root = tmp_path / "ckpt", tmp_path / "runs"
+    ckpt.mkdir()
+    for f in assets_dir().glob("*.json"):
+        if f.name != "training_log.json":
+            shutil.copy(f, ckpt / f.name)
+    argv = _argv(root, data_root, f"model.path={ckpt}", "measure.baseline=false")
+    assert weights_fingerprint(ckpt, 0) == "random-init-seed-0"
+    assert main(argv) == 0
+    # "Retrain": real weights appear at the same path.
+    adapter = TinyAdapter(AdapterConfig(path=str(ckpt), seed=7))
+    adapter.load()
+    adapter._model.save_pretrained(str(ckpt))
+    fingerprint = weights_fingerprint(ckpt, 0)
+    assert len(fingerprint) == 16 and fingerprint == weights_fingerprint(ckpt, 3)
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "0 reused" in capsys.readouterr().err
+    manifests = sorted(root.glob("*/*/manifest.json"))
+    assert len(manifests) == 2
+    weights = {json.loads(m.read_text())["config"]["model_weights"] for m in manifests}
+    assert weights == {"random-init-seed-0", fingerprint}
+    assert main(argv) == 0  # the same weights again: everything reused
+    assert "3 reused" in capsys.readouterr().err

@@ -264,6 +264,14 @@ class ModelAdapter(ABC):
     ) -> Generation:
         """Answer one question from a copy of a prefix cache."""
 
+    def weights_identity(self) -> str | None:
+        """Return a short fingerprint of the weights this adapter loads, if known.
+
+        Run ids and feature-cache keys include it, so results of one set of weights
+        are never reused for another at the same path (e.g. after retraining).
+        """
+        return None
+
     def describe(self) -> dict[str, Any]:
         """Return what the run manifest records about the model."""
         return {

@@ -400,7 +400,10 @@ def run_experiment(
         )
 
     conf = config_dict(cfg)
-    store = RunStore.for_config(_run_root(cfg), conf)
+    # The weights are part of a run's identity: retrained or swapped weights at the
+    # same path must not resume (or be reported as) the old weights' answers.
+    keyed = {**conf, "model_weights": adapter.weights_identity()}
+    store = RunStore.for_config(_run_root(cfg), keyed)
     if cfg.output.overwrite and store.path.exists():
         with store:
             store.reset()
@@ -420,7 +423,7 @@ def run_experiment(
         desc = adapter.describe()
         device = str(desc.get("device", cfg.model.device))
         manifest = RunManifest.collect(
-            conf,
+            keyed,
             device=device,
             attn_implementation=desc.get("attn_implementation"),
             plugins=pm.plugin_rows() if pm is not None else (),

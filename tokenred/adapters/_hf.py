@@ -44,6 +44,7 @@ from tokenred.adapters._runtime import (
     resolve_attn,
     resolve_device,
     stop_ids,
+    weights_fingerprint,
 )
 from tokenred.arch import ArchSpec, VisionSpec
 from tokenred.errors import ModelLoadError, UsageError
@@ -116,6 +117,14 @@ class HFVideoAdapter(ModelAdapter):
             )
             raise ModelLoadError(msg)
         return Path(self.config.path).expanduser()
+
+    def weights_identity(self) -> str | None:
+        """Fingerprint of the checkpoint's weights (see ``weights_fingerprint``)."""
+        try:
+            path = self._checkpoint_path()
+        except ModelLoadError:
+            return None
+        return weights_fingerprint(path, self.config.seed) if path.is_dir() else None
 
     def load(self) -> None:
         """Load weights and tokenizer from the checkpoint directory."""
@@ -201,6 +210,7 @@ class HFVideoAdapter(ModelAdapter):
             device=str(self._device),
             attn_implementation=self._attn,
             random_weights=self._random_weights,
+            weights_fingerprint=self.weights_identity(),
         )
         if self._model is not None:
             info["parameters"] = int(sum(p.numel() for p in self._model.parameters()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
 from dataclasses import dataclass
@@ -169,3 +170,30 @@ def copy_cache(cache: Any, empty: Any) -> Any:
         for i, layer in enumerate(cache.layers):
             empty.update(layer.keys.clone(), layer.values.clone(), i)
     return empty
+
+
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
+_EDGE = 1 << 16
+
+
+def weights_fingerprint(path: Path, seed: int) -> str:
+    """Identify the weights in a checkpoint directory without reading them whole.
+
+    Hashes each weight file's name, size, first and last 64 KiB (a safetensors
+    header lists every tensor's name, shape and offsets; the tail holds the last
+    tensor's bytes), so retraining or swapping a checkpoint at the same path
+    changes it while a 15 GB checkpoint costs two small reads per file. A
+    directory without weights is named by its random-init seed.
+    """
+    files = sorted(f for pat in WEIGHT_PATTERNS for f in path.glob(pat))
+    if not files:
+        return f"random-init-seed-{seed}"
+    digest = hashlib.sha256()
+    for f in files:
+        size = f.stat().st_size
+        digest.update(f"{f.name}:{size}:".encode())
+        with open(f, "rb") as handle:
+            digest.update(handle.read(_EDGE))
+            handle.seek(max(0, size - _EDGE))
+            digest.update(handle.read(_EDGE))
+    return digest.hexdigest()[:16]
