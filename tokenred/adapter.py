@@ -283,6 +283,7 @@ class ModelAdapter(ABC):
             "attn_implementation": self.config.attn_implementation,
             "rope": self.rope,
             "random_weights": False,
+            "weights_fingerprint": self.weights_identity(),
         }
 
 

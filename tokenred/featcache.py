@@ -74,7 +74,7 @@ def cache_key(adapter: ModelAdapter, video_path: str, sampling: FrameSampling) -
         k: desc.get(k) for k in ("name", "family", "path", "dtype", "random_weights")
     }
     model["seed"] = getattr(adapter.config, "seed", None)
-    model["weights"] = adapter.weights_identity()
+    model["weights"] = desc.get("weights_fingerprint")
     model["device_type"] = str(desc.get("device", "cpu")).split(":")[0]
     payload = {
         "v": CACHE_VERSION,

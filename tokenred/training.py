@@ -239,7 +239,7 @@ class Trainer:
             msg = "grounding_loss needs a logits(..., ground=True) call first"
             raise RuntimeError(msg)
         heads = heads or HeadTargets()
-        b, p = len(questions), self.prefix_len
+        p = self.prefix_len
         # Layer 0: the answer position reads the question's words.
         qa = self.answer_attn[heads.question_layer][:, heads.question_head]  # [B, K]
         target = torch.zeros_like(qa)
@@ -251,7 +251,7 @@ class Trainer:
         dist, index = video_targets(cells, heads)  # [B, H', N], [H']
         va = self.answer_attn[heads.video_layer][:, index]  # [B, H', K]
         lv = attention_loss(va, dist, len(self.before))
-        return (lq + lv) * (b > 0)
+        return lq + lv
 
     def evaluate(
         self, samples: list[Sample], frames: np.ndarray, batch: int = 16

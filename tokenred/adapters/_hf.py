@@ -73,6 +73,7 @@ class HFVideoAdapter(ModelAdapter):
         self._tokenizer: Any = None
         self._path: Path | None = None
         self._random_weights = False
+        self._weights_id: str | None = None
         self._device = torch.device("cpu")
         self._attn = self.config.attn_implementation
         self._eos: set[int] = set()
@@ -119,12 +120,19 @@ class HFVideoAdapter(ModelAdapter):
         return Path(self.config.path).expanduser()
 
     def weights_identity(self) -> str | None:
-        """Fingerprint of the checkpoint's weights (see ``weights_fingerprint``)."""
-        try:
-            path = self._checkpoint_path()
-        except ModelLoadError:
-            return None
-        return weights_fingerprint(path, self.config.seed) if path.is_dir() else None
+        """Fingerprint of the checkpoint's weights (see ``weights_fingerprint``).
+
+        Computed once per adapter: run ids, manifests and every feature-cache key
+        ask for it, and it costs file reads.
+        """
+        if self._weights_id is None:
+            try:
+                path = self._checkpoint_path()
+            except ModelLoadError:
+                return None
+            if path.is_dir():
+                self._weights_id = weights_fingerprint(path, self.config.seed)
+        return self._weights_id
 
     def load(self) -> None:
         """Load weights and tokenizer from the checkpoint directory."""
@@ -210,7 +218,6 @@ class HFVideoAdapter(ModelAdapter):
             device=str(self._device),
             attn_implementation=self._attn,
             random_weights=self._random_weights,
-            weights_fingerprint=self.weights_identity(),
         )
         if self._model is not None:
             info["parameters"] = int(sum(p.numel() for p in self._model.parameters()))
