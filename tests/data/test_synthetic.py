@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy import ndimage
 
 from tokenred.builtin.synthetic import (
     VOCABULARY,
@@ -46,23 +45,6 @@ def present(mask: np.ndarray) -> np.ndarray:
     return mask.reshape(mask.shape[0], -1).sum(axis=1) >= 40  # [T]
 
 
-def classify_shape(mask: np.ndarray) -> str:
-    # Chroma bleeding at edges leaves stray pixels: keep the largest component.
-    labels, n = ndimage.label(mask)
-    sizes = ndimage.sum(mask, labels, index=range(1, n + 1))
-    ys, xs = np.nonzero(labels == 1 + int(np.argmax(sizes)))
-    box = (labels == 1 + int(np.argmax(sizes)))[
-        ys.min() : ys.max() + 1, xs.min() : xs.max() + 1
-    ]
-    fill = box.mean()
-    if fill > 0.88:
-        return "square"
-    if fill > 0.68:
-        return "circle"
-    half = box.shape[0] // 2
-    return "triangle" if box[half:].sum() > 1.8 * box[:half].sum() else "cross"
-
-
 def color_in(text: str) -> str:
     return next(w for w in words(text) if w in COLORS)
 
@@ -72,15 +54,6 @@ def oracle(sample: Sample, frames: np.ndarray) -> str:
     if task == "needle_color":
         brief = [o for o in opts if 1 <= present(color_presence(frames, o)).sum() <= 2]
         return sample.letters[opts.index(brief[0])] if len(brief) == 1 else "?"
-    if task == "needle_shape":
-        for color in COLORS:
-            on = present(color_presence(frames, color))
-            if 1 <= on.sum() <= 2:
-                t = int(np.flatnonzero(on)[0])
-                return sample.letters[
-                    opts.index(classify_shape(color_presence(frames, color)[t]))
-                ]
-        return "?"
     mask = (
         color_presence(frames, color_in(sample.question)) if task != "order" else None
     )
@@ -132,7 +105,24 @@ def test_answers_and_tasks_are_balanced(generated: SyntheticDataset) -> None:
     assert Counter(s.answer for s in samples) == {L: N // 4 for L in "ABCD"}
     tasks = Counter(s.meta["task"].split("_")[0] for s in samples)
     assert tasks == {t: N // 4 for t in ("needle", "direction", "count", "order")}
-    assert {s.meta["task"] for s in samples} >= {"needle_color", "needle_shape"}
+
+
+def test_only_colour_questions_have_answer_coloured_targets(
+    generated: SyntheticDataset,
+) -> None:
+    """Direction and count ask about a distractor-coloured object, needle and order
+    about answer-coloured ones: an object's colour never names a non-colour answer."""
+    from tokenred.builtin.synthetic_render import ANSWER_COLORS, DISTRACTOR_COLORS
+
+    for s in generated.samples():
+        task, state = s.meta["task"], s.meta["state"]
+        if task in ("direction", "count"):
+            assert state["color"] in DISTRACTOR_COLORS, s.id
+        elif task == "order":
+            assert {state["first"], state["second"]} <= set(ANSWER_COLORS), s.id
+        else:
+            assert task == "needle_color" and state["color"] in ANSWER_COLORS, s.id
+            assert not set(state["persistent"]) & set(ANSWER_COLORS), s.id
 
 
 def test_prompts_use_the_template_and_the_vocabulary(

@@ -2,8 +2,8 @@
 
 Videos are real H.264 mp4 files rendered procedurally (:mod:`.synthetic_render`):
 large uniform background regions that drift slowly, persistent saturated objects,
-and four question types whose answers depend on the video: the colour or shape of
-an object visible in one time slot only (needle), the direction an object moves,
+and four question types whose answers depend on the video: the colour of an
+object visible in one time slot only (needle), the direction an object moves,
 how many times a light flashes, and which of two objects appears first. Answers are
 balanced over the letters A-D and the types in every block of 16 questions.
 
@@ -48,7 +48,7 @@ from tokenred.video import write_video
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 4
+GENERATOR_VERSION = 5
 """Bump when rendering or question generation changes; it is part of the cache key."""
 SPLITS: Mapping[str, int] = {"train": 2000, "val": 200, "test": 100}
 """Splits and their default number of videos (one question per video)."""

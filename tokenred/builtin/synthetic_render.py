@@ -33,9 +33,14 @@ COLORS: dict[str, tuple[int, int, int]] = {
 }
 """Saturated object colours, far from every background tone."""
 ANSWER_COLORS: tuple[str, ...] = ("red", "green", "blue", "yellow")
-"""Colours of the objects questions are about; distractor objects use the others
-(so what matters in a video is also what a token reducer must keep)."""
+"""The colours that are answers: the brief object of a needle question and the two
+objects of an order question have one of them; everything else in those videos
+has one of the other colours."""
 DISTRACTOR_COLORS: tuple[str, ...] = tuple(c for c in COLORS if c not in ANSWER_COLORS)
+"""The other colours: the moving object of a direction question and the lamp of a
+count question have one of them (and the other object in those videos an answer
+colour), so an object's colour never names the answer of a question that is not
+about colour."""
 
 SHAPES: tuple[str, ...] = ("square", "circle", "triangle", "cross")
 DIRECTIONS: tuple[str, ...] = ("left", "right", "up", "down")
@@ -53,16 +58,14 @@ LIGHT_OFF = (40, 40, 40)
 
 QUESTIONS: dict[str, str] = {
     "needle_color": "What color was the object that appeared briefly?",
-    "needle_shape": "What shape was the object that appeared briefly?",
     "direction": "Which direction does the {color} {shape} move?",
     "count": "How many times does the {color} light flash?",
     "order": "Which object appears first?",
 }
 TASKS: tuple[str, ...] = ("needle", "direction", "count", "order")
-"""The four balanced question types (needle has a colour and a shape variant)."""
+"""The four balanced question types."""
 OPTIONS: dict[str, tuple[str, ...]] = {
     "needle_color": ANSWER_COLORS,
-    "needle_shape": SHAPES,
     "direction": DIRECTIONS,
     "count": COUNTS,
     "order": tuple(f"the {c} object" for c in ANSWER_COLORS),
@@ -241,19 +244,15 @@ class SceneBuilder:
         persist = self._colors(int(self.rng.integers(1, 3)), ANSWER_COLORS)
         sprites = [self._static(c, self._shape()) for c in persist]
         slot = int(self.rng.integers(1, self.slots - 1))
-        if self.rng.random() < 0.5:
-            task, color, shape = "needle_color", ANSWER_COLORS[answer], self._shape()
-        else:
-            task, shape = "needle_shape", SHAPES[answer]
-            color = ANSWER_COLORS[int(self.rng.integers(len(ANSWER_COLORS)))]
+        task, color, shape = "needle_color", ANSWER_COLORS[answer], self._shape()
         sprites.append(self._static(color, shape, self._slot_mask([slot])))
         state = {"slot": slot, "color": color, "shape": shape, "persistent": persist}
         return sprites, task, QUESTIONS[task], list(OPTIONS[task]), state
 
     def _pair(self) -> tuple[str, str]:
-        """An answer colour for the object asked about, a distractor for the other."""
-        color = self._colors(1, DISTRACTOR_COLORS)[0]
-        return color, self._colors(1, ANSWER_COLORS)[0]
+        """Return (distractor colour, answer colour): see :data:`DISTRACTOR_COLORS`."""
+        color = self._colors(1, ANSWER_COLORS)[0]
+        return color, self._colors(1, DISTRACTOR_COLORS)[0]
 
     def _direction(self, answer: int) -> Built:
         color, other = self._pair()
