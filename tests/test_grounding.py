@@ -9,9 +9,11 @@ import torch
 from tokenred.builtin.synthetic import SyntheticConfig, make_sample
 from tokenred.grounding import (
     COLOR_IDS,
+    IGNORE,
     HeadTargets,
     attention_loss,
     colour_labels,
+    probe_labels,
     question_span,
     relevant_cells,
     video_targets,
@@ -37,14 +39,14 @@ def test_colour_labels_find_the_needle_in_its_slot_only() -> None:
     assert all((labels == p).any((1, 2)).all() for p in persistent)
 
 
-@pytest.mark.parametrize("task", ["needle_shape", "direction", "count", "order"])
+@pytest.mark.parametrize("task", ["needle_color", "direction", "count", "order"])
 def test_relevant_cells_follow_the_question(task: str) -> None:
     record, frames = _sample(task)
     labels = colour_labels(frames[None])[0]
     cells = relevant_cells(labels, task, record["state"])
     assert cells.shape == labels.shape and cells.any()
     per_frame = cells.any((1, 2))
-    if task == "needle_shape":
+    if task == "needle_color":
         assert per_frame.sum() == 1
     if task == "count":  # the lamp's cells in every frame, lit or dark
         assert per_frame.all() and (cells == cells[0]).all()
@@ -84,3 +86,26 @@ def test_question_span() -> None:
     assert question_span([5, 1, 2, 3, 9], [2, 3]) == (2, 4)
     with pytest.raises(ValueError, match="not in the prompt"):
         question_span([1, 2], [3])
+
+
+@pytest.mark.parametrize("task", ["needle_color", "direction", "count", "order"])
+def test_probe_labels_give_grid_positions_and_the_named_shape(task: str) -> None:
+    from tokenred.builtin.synthetic_render import SHAPES
+    from tokenred.data import Sample
+
+    record, frames = _sample(task)
+    labels = colour_labels(frames[None])  # [1, T, 8, 8]
+    meta = {"task": task, "state": record["state"]}
+    sample = Sample("x", "x", "v.mp4", "q", (), "A", "q", meta)
+    probes = probe_labels(labels, [sample])[0]  # [T, 8, 8, 3]
+    assert probes.shape == (*labels.shape[1:], 3)
+    assert probes[3, 5, 2, 0] == 5 and probes[3, 5, 2, 1] == 2  # row, column
+    shapes = probes[..., 2]
+    if task == "order":  # the annotation names no shape
+        assert (shapes == IGNORE).all()
+        return
+    named = "circle" if task == "count" else record["state"]["shape"]
+    target = labels[0] == COLOR_IDS[record["state"]["color"]]
+    assert target.any()
+    assert (shapes[target] == SHAPES.index(named)).all()
+    assert (shapes[~target] == IGNORE).all()

@@ -15,8 +15,16 @@ split only, remove that plateau:
   frames and, for two heads, over the first and second half of the video (so time
   is readable).
 
+Grounding alone makes the answer read the right tokens, but not what they hold:
+with it the colour needle and order reach 96-100 % while direction, count and shape
+stay near chance, because what layer 1 reads (the visual states after layer 0) does
+not carry position or shape. :func:`probe_labels` gives those states per-token
+targets for a linear probe: the token's grid row and column (direction compares the
+object's mean position in the two halves) and, for objects whose shape the
+annotation records, that shape.
+
 The model at evaluation is an ordinary checkpoint: nothing here runs outside
-training.
+training (the probe's weights are not saved).
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tokenred.builtin.synthetic_render import COLORS
+from tokenred.builtin.synthetic_render import COLORS, SHAPES
 from tokenred.data import Sample
 
 COLOR_IDS: dict[str, int] = {c: i + 1 for i, c in enumerate(COLORS)}
@@ -90,6 +98,48 @@ def relevance(labels: np.ndarray, samples: Sequence[Sample]) -> np.ndarray:
             for lab, s in zip(labels, samples)
         ]
     )
+
+
+IGNORE = -100
+"""Probe label of a token without a target (``cross_entropy``'s ``ignore_index``)."""
+
+
+def shape_targets(labels: np.ndarray, task: str, state: dict) -> np.ndarray:
+    """Return ``[T, g, g]`` shape indices of the tokens of the object a question names.
+
+    The annotation records the shape of the needle, of the moving object and of the
+    lamp (always a circle, lit cells only); every other token is :data:`IGNORE`.
+    """
+    out = np.full(labels.shape, IGNORE, np.int64)
+    if task.startswith("needle") or task == "direction":
+        shape = str(state["shape"])
+    elif task == "count":
+        shape = "circle"
+    else:
+        return out
+    out[labels == COLOR_IDS[str(state["color"])]] = SHAPES.index(shape)
+    return out
+
+
+def probe_labels(labels: np.ndarray, samples: Sequence[Sample]) -> np.ndarray:
+    """Per-token probe targets: ``[n, T, g, g]`` colours -> ``[n, T, g, g, 3]`` int64.
+
+    The last axis is (grid row, grid column, shape); row and column are defined for
+    every token, shape as in :func:`shape_targets`.
+    """
+    n, t, g = labels.shape[:3]
+    rows = np.broadcast_to(np.arange(g)[:, None], (g, g))  # [g, g]
+    cols = np.broadcast_to(np.arange(g)[None, :], (g, g))  # [g, g]
+    out = np.empty((n, t, g, g, 3), np.int64)
+    out[..., 0] = rows
+    out[..., 1] = cols
+    out[..., 2] = np.stack(
+        [
+            shape_targets(lab, str(s.meta["task"]), dict(s.meta.get("state", {})))
+            for lab, s in zip(labels, samples)
+        ]
+    )
+    return out
 
 
 @dataclass(frozen=True)

@@ -33,12 +33,14 @@ from torch import Tensor
 from tokenred.adapter import AdapterConfig
 from tokenred.adapters.tiny import TinyAdapter, assets_dir
 from tokenred.builtin.synthetic import SyntheticConfig, SyntheticDataset, sixteen_frames
-from tokenred.builtin.synthetic_render import COLORS
+from tokenred.builtin.synthetic_render import COLORS, SHAPES
 from tokenred.data import Sample
 from tokenred.grounding import (
+    IGNORE,
     HeadTargets,
     attention_loss,
     colour_labels,
+    probe_labels,
     question_span,
     relevance,
     video_targets,
@@ -66,6 +68,8 @@ class TrainConfig:
     end_weight: float = 0.2
     visual_weight: float = 1.0
     ground_weight: float = 2.0
+    probe_weight: float = 1.0
+    probe_layer: int = 1
     tasks: str = ""
     seed: int = 0
     eval_every: int = 100
@@ -123,8 +127,13 @@ def init_adapter(cfg: TrainConfig, work: Path) -> TinyAdapter:
 class Trainer:
     """Batched training/evaluation forward of the tiny model through its adapter."""
 
-    def __init__(self, adapter: TinyAdapter) -> None:
-        """Keep the adapter's model, tokenizer ids and the fixed prompt prefix."""
+    def __init__(self, adapter: TinyAdapter, probe_layer: int = 1) -> None:
+        """Keep the adapter's model, tokenizer ids and the fixed prompt prefix.
+
+        ``probe_layer`` indexes the LLM's hidden states (0 = its input) at which the
+        visual tokens get the position and shape probe (:meth:`probe_loss`); the
+        probe is a linear layer owned by the trainer, never saved.
+        """
         self.adapter = adapter
         self.model: Any = adapter._model
         tok = adapter._tokenizer
@@ -133,6 +142,13 @@ class Trainer:
         self.pad_id = int(tok.pad_token_id)
         self.colour_ids = [int(tok.convert_tokens_to_ids(w)) for w in ("none", *COLORS)]
         self.visual_hidden: Tensor | None = None
+        self.probe_layer = probe_layer
+        self.probe_hidden: Tensor | None = None
+        vision = self.model.config.vision_config
+        grid = math.ceil(vision.image_size // vision.patch_size / 2)  # pooled side
+        width = int(self.model.config.text_config.hidden_size)
+        self.probe = torch.nn.Linear(width, 2 * grid + len(SHAPES))
+        self.grid = grid
         self.answer_attn: list[Tensor] = []
         self.suffixes: list[list[int]] = []
         self.prefix_len = 0
@@ -175,9 +191,11 @@ class Trainer:
             inputs_embeds=prefix,
             position_ids=torch.arange(p).unsqueeze(0).expand(b, -1),
             use_cache=True,
+            output_hidden_states=True,
         )
-        # Final hidden states of the visual rows (newline excluded): [B, N, D]
-        self.visual_hidden = out.last_hidden_state[:, len(self.before) : p - 1]
+        rows_v = slice(len(self.before), p - 1)  # visual rows, newline excluded
+        self.visual_hidden = out.last_hidden_state[:, rows_v]  # [B, N, D]
+        self.probe_hidden = out.hidden_states[self.probe_layer][:, rows_v]  # [B, N, D]
         suffixes = [
             [*self.adapter._prompt_ids(q)[1], self.letter_ids[LETTERS.index(a)]]
             for q, a in zip(prompts, letters)
@@ -223,6 +241,27 @@ class Trainer:
         vis = (self.visual_hidden @ rows.T).float()  # [B, N, 1 + P]
         target = torch.from_numpy(labels.reshape(len(labels), -1)).long()  # [B, N]
         return torch.nn.functional.cross_entropy(vis.flatten(0, 1), target.flatten())
+
+    def probe_loss(self, targets: np.ndarray) -> Tensor:
+        """Cross-entropy of the linear probe on the visual states of ``probe_layer``.
+
+        ``targets``: ``[B, T, g, g, 3]`` (row, column, shape) from
+        :func:`tokenred.grounding.probe_labels`; the three losses are summed.
+        """
+        if self.probe_hidden is None:
+            msg = "probe_loss needs a logits() call first"
+            raise RuntimeError(msg)
+        g = self.grid
+        out: Tensor = self.probe(self.probe_hidden).float()  # [B, N, 2g + S]
+        tgt = torch.from_numpy(targets.reshape(len(targets), -1, 3))  # [B, N, 3]
+        parts = (out[..., :g], out[..., g : 2 * g], out[..., 2 * g :])
+        ce = torch.nn.functional.cross_entropy
+        total: Tensor = out.new_zeros(())
+        for k, logits in enumerate(parts):
+            label = tgt[..., k].flatten()
+            if bool((label != IGNORE).any()):
+                total = total + ce(logits.flatten(0, 1), label, ignore_index=IGNORE)
+        return total
 
     def grounding_loss(
         self,
@@ -337,12 +376,14 @@ def _train(
         np.save(lpath, colour_labels(train_f))
     labels = np.load(lpath)  # [n, T, g, g]
     cells = relevance(labels, train_s)  # [n, T, g, g]
+    probes = probe_labels(labels, train_s)  # [n, T, g, g, 3]
     data_s = time.perf_counter() - start
     adapter = init_adapter(cfg, Path(cfg.cache_dir) / "init")
-    trainer = Trainer(adapter)
+    trainer = Trainer(adapter, cfg.probe_layer)
     model = trainer.model.train()
+    params = [*model.parameters(), *trainer.probe.parameters()]
     opt = torch.optim.AdamW(
-        model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay
+        params, lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay
     )
     rng = np.random.default_rng(cfg.seed)
     order = np.empty(0, dtype=np.int64)
@@ -369,12 +410,16 @@ def _train(
             if ground
             else torch.zeros(())
         )
+        lp = (
+            trainer.probe_loss(probes[idx]) if cfg.probe_weight > 0 else torch.zeros(())
+        )
         loss = loss + cfg.visual_weight * lv + cfg.ground_weight * lg
+        loss = loss + cfg.probe_weight * lp
         for group in opt.param_groups:
             group["lr"] = lr_at(cfg, step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+        torch.nn.utils.clip_grad_norm_(params, cfg.clip)
         opt.step()
         history.append(
             {
@@ -382,6 +427,7 @@ def _train(
                 "loss": float(la.detach()),
                 "visual_loss": float(lv.detach()),
                 "ground_loss": float(lg.detach()),
+                "probe_loss": float(lp.detach()),
                 "lr": lr_at(cfg, step),
             }
         )
@@ -392,7 +438,7 @@ def _train(
         if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or last):
             res = trainer.evaluate(val_s, val_f)
             res |= {"step": step + 1, "minutes": (time.perf_counter() - t0) / 60}
-            for key in ("loss", "visual_loss", "ground_loss"):
+            for key in ("loss", "visual_loss", "ground_loss", "probe_loss"):
                 recent = [h[key] for h in history[-20:]]
                 res[f"train_{key}"] = float(np.mean(recent))
             evals.append(res)
