@@ -45,7 +45,9 @@ STUDY_ROOT = runs/study-$(STUDY_WEIGHTS)
 
 study: $(STAMP)
 	$(BIN)/tokenred run -c experiments/demo_study.yaml output.root=$(STUDY_ROOT)
-	$(BIN)/tokenred report $(STUDY_ROOT)/demo_study --out docs/study
+	$(BIN)/tokenred run -c experiments/demo_study_fastv.yaml output.root=$(STUDY_ROOT)
+	$(BIN)/tokenred report $(STUDY_ROOT)/demo_study $(STUDY_ROOT)/demo_study_fastv \
+		--out docs/study
 
 clean:
 	rm -rf $(VENV) site
