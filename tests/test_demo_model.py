@@ -27,7 +27,7 @@ def _script() -> Any:
 SUBSET = 32
 """The shipped model's documented accuracy (docs/demo-model.md) on the first
 ``SUBSET`` questions of the synthetic test split, unreduced: correct answers."""
-SUBSET_CORRECT = 22
+SUBSET_CORRECT = 29
 
 
 def test_shipped_model_loads_and_reaches_its_documented_accuracy(
@@ -91,3 +91,24 @@ def test_training_is_deterministic(tmp_path: Path) -> None:
     assert first["history"] == again["history"]
     a = (tmp_path / "a" / "model.safetensors").read_bytes()
     assert a == (tmp_path / "b" / "model.safetensors").read_bytes()
+
+
+def test_epoch_indices_repeat_weighted_tasks_and_filter() -> None:
+    import pytest
+
+    from tokenred.data import Sample
+    from tokenred.training import epoch_indices
+
+    tasks = ["needle_color", "direction", "count", "order"] * 2
+    samples = [
+        Sample(str(i), str(i), "v.mp4", "q", ("a", "b"), "A", "p", {"task": t})
+        for i, t in enumerate(tasks)
+    ]
+    idx = epoch_indices("", "direction=2,count=3", samples).tolist()
+    assert sorted(idx) == [0, 1, 1, 2, 2, 2, 3, 4, 5, 5, 6, 6, 6, 7]
+    two = epoch_indices("order,count", "count=2", samples).tolist()
+    assert two == [2, 2, 3, 6, 6, 7]
+    with pytest.raises(ValueError, match="task_weights"):
+        epoch_indices("", "count=0", samples)
+    with pytest.raises(ValueError, match="unknown task 'directon'"):
+        epoch_indices("", "directon=2", samples)

@@ -33,7 +33,7 @@ from torch import Tensor
 from tokenred.adapter import AdapterConfig
 from tokenred.adapters.tiny import TinyAdapter, assets_dir
 from tokenred.builtin.synthetic import SyntheticConfig, SyntheticDataset, sixteen_frames
-from tokenred.builtin.synthetic_render import COLORS, SHAPES
+from tokenred.builtin.synthetic_render import COLORS, OPTIONS, SHAPES
 from tokenred.data import Sample
 from tokenred.grounding import (
     IGNORE,
@@ -61,7 +61,7 @@ class TrainConfig:
     steps: int = 1300
     batch: int = 8
     lr: float = 1.5e-3
-    min_lr_ratio: float = 0.05
+    min_lr_ratio: float = 0.3
     warmup: int = 20
     weight_decay: float = 0.01
     clip: float = 1.0
@@ -71,6 +71,7 @@ class TrainConfig:
     probe_weight: float = 1.0
     probe_layer: int = 1
     tasks: str = ""
+    task_weights: str = "direction=2,count=2"
     seed: int = 0
     eval_every: int = 100
     threads: int = 2
@@ -367,7 +368,7 @@ def _train(
 ) -> dict[str, Any]:
     start = time.perf_counter()
     train_s, train_f = split_frames(cfg, "train", cfg.train_videos)
-    keep = _task_filter(cfg.tasks, train_s)
+    keep = epoch_indices(cfg.tasks, cfg.task_weights, train_s)
     val_s, val_f = split_frames(cfg, "val", cfg.val_videos)
     lpath = (
         Path(cfg.cache_dir) / f"{cache_stem(cfg, 'train', len(train_s))}-colours.npy"
@@ -459,10 +460,36 @@ def _train(
     return result
 
 
-def _task_filter(tasks: str, samples: list[Sample]) -> np.ndarray:
-    """Indices of the training samples whose task is in the comma list (all if "")."""
+def epoch_indices(tasks: str, weights: str, samples: list[Sample]) -> np.ndarray:
+    """Training-sample indices of one epoch, each repeated by its task's weight.
+
+    Args:
+        tasks: Comma list of the task names to train on (all if "").
+        weights: Comma list of ``task=k`` (integer ``k >= 1``); a task not listed has
+            weight 1. A sample of weight ``k`` is drawn ``k`` times per epoch, so the
+            slow-to-learn direction and count questions get more of the updates.
+        samples: The training split.
+    """
     wanted = {t for t in tasks.split(",") if t}
-    idx = [i for i, s in enumerate(samples) if not wanted or s.meta["task"] in wanted]
+    repeat: dict[str, int] = {}
+    for item in (w for w in weights.split(",") if w):
+        name, _, k = item.partition("=")
+        if not k.strip().isdigit() or int(k) < 1:
+            msg = f"task_weights: {item!r} must be task=k with an integer k >= 1"
+            raise ValueError(msg)
+        if name.strip() not in OPTIONS:
+            msg = (
+                f"task_weights: unknown task {name.strip()!r}; "
+                f"the synthetic tasks are {', '.join(OPTIONS)}"
+            )
+            raise ValueError(msg)
+        repeat[name.strip()] = int(k)
+    idx = [
+        i
+        for i, s in enumerate(samples)
+        for _ in range(repeat.get(str(s.meta["task"]), 1))
+        if not wanted or s.meta["task"] in wanted
+    ]
     return np.array(idx, dtype=np.int64)
 
 

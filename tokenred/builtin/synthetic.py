@@ -48,7 +48,7 @@ from tokenred.video import write_video
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 5
+GENERATOR_VERSION = 6
 """Bump when rendering or question generation changes; it is part of the cache key."""
 SPLITS: Mapping[str, int] = {"train": 2000, "val": 200, "test": 100}
 """Splits and their default number of videos (one question per video)."""

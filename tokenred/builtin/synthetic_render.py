@@ -55,6 +55,11 @@ BACKGROUNDS: tuple[tuple[int, int, int], ...] = (
 )
 """Muted tones (channel spread <= 24) for the large uniform regions."""
 LIGHT_OFF = (40, 40, 40)
+FLASH_SLOTS = 2
+"""Slots one flash of a count question lasts: with two, each extra flash adds an
+eighth of the video to the lamp's lit time, a step the demo model can read."""
+TRAVEL = 0.5
+"""Distance a direction question's object travels, as a fraction of the frame side."""
 
 QUESTIONS: dict[str, str] = {
     "needle_color": "What color was the object that appeared briefly?",
@@ -232,11 +237,16 @@ class SceneBuilder:
         return vis
 
     def _flash_slots(self, n: int) -> list[int]:
-        """Pick ``n`` slots with at least one dark slot between flashes."""
-        # Choose n slots out of (slots - n + 1) and spread them: gaps of >= 1 appear
-        # by adding i to the i-th chosen position (stars and bars).
-        pick = np.sort(self.rng.choice(self.slots - n + 1, n, replace=False))
-        return [int(p) + i for i, p in enumerate(pick)]
+        """Pick the lit slots of ``n`` flashes of :data:`FLASH_SLOTS` slots each.
+
+        Consecutive flashes have at least one dark slot between them.
+        """
+        span = FLASH_SLOTS
+        # Stars and bars: n sorted distinct starts q_i from range(slots - n*span + 1),
+        # spread to q_i + i*span, leave >= 1 dark slot between flashes.
+        pick = np.sort(self.rng.choice(self.slots - n * span + 1, n, replace=False))
+        starts = [int(q) + i * span for i, q in enumerate(pick)]
+        return [s + k for s in starts for k in range(span)]
 
     # -- the four question types ---------------------------------------------------
 
@@ -257,7 +267,7 @@ class SceneBuilder:
     def _direction(self, answer: int) -> Built:
         color, other = self._pair()
         shape, direction = self._shape(), DIRECTIONS[answer]
-        travel = round(self.size * 0.4)
+        travel = round(self.size * TRAVEL)
         dx, dy = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}[
             direction
         ]
