@@ -35,7 +35,10 @@ def parse(argv: list[str] | None = None) -> TrainConfig:
             default=value,
             help=f"default: {value}",
         )
-    return TrainConfig(**vars(parser.parse_args(argv)))
+    try:
+        return TrainConfig(**vars(parser.parse_args(argv)))
+    except ValueError as err:  # a malformed --tasks or --task-weights
+        parser.error(str(err))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -112,3 +112,16 @@ def test_epoch_indices_repeat_weighted_tasks_and_filter() -> None:
         epoch_indices("", "count=0", samples)
     with pytest.raises(ValueError, match="unknown task 'directon'"):
         epoch_indices("", "directon=2", samples)
+    with pytest.raises(ValueError, match="unknown task 'colour'"):
+        epoch_indices("colour", "", samples)
+
+
+def test_training_script_rejects_a_bad_task_list_in_one_line(
+    capsys: Any,
+) -> None:
+    import pytest
+
+    with pytest.raises(SystemExit):
+        _script().parse(["--task-weights", "count=two"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "task_weights: 'count=two' must be task=k" in err
