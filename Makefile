@@ -25,7 +25,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check tokenred plugins
 
 typecheck: $(STAMP)
-	$(BIN)/mypy tokenred $(foreach p,$(PLUGINS),$(filter-out %.egg-info,$(wildcard $(p)tokenred_*)))
+	$(BIN)/mypy tokenred experiments/demo_model $(foreach p,$(PLUGINS),$(filter-out %.egg-info,$(wildcard $(p)tokenred_*)))
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -2,7 +2,8 @@
 
 Deterministic (seeded, single process, fixed threads) and CPU-sized: the default
 run takes about 20 minutes on 2 cores and writes ``model.safetensors`` and
-``training_log.json`` into ``tokenred/assets/tiny/``. See docs/demo-model.md.
+``training_log.json`` into ``tokenred/assets/tiny/``; the logic is in the
+``demo_model`` package next to this script. See docs/demo-model.md.
 
     python experiments/train_tiny.py                 # the committed model
     python experiments/train_tiny.py --steps 3 --train-videos 8 --val-videos 4 \
@@ -19,7 +20,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from tokenred.training import TrainConfig, train
+from demo_model.training import TrainConfig, train
 
 
 def parse(argv: list[str] | None = None) -> TrainConfig:

@@ -1,4 +1,4 @@
-"""Training targets of the demo model (tokenred.grounding)."""
+"""Training targets of the demo model (experiments/demo_model/grounding.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tokenred.builtin.synthetic import SyntheticConfig, make_sample
-from tokenred.grounding import (
+from demo_model.grounding import (
     COLOR_IDS,
     IGNORE,
     HeadTargets,
@@ -18,6 +17,7 @@ from tokenred.grounding import (
     relevant_cells,
     video_targets,
 )
+from tokenred.builtin.synthetic import SyntheticConfig, make_sample
 
 
 def _sample(task: str) -> tuple[dict, np.ndarray]:

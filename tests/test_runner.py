@@ -323,7 +323,7 @@ def test_new_weights_at_the_same_path_start_new_runs(
     # "Retrain": real weights appear at the same path.
     adapter = TinyAdapter(AdapterConfig(path=str(ckpt), seed=7))
     adapter.load()
-    adapter._model.save_pretrained(str(ckpt))
+    adapter.hf_model.save_pretrained(str(ckpt))
     fingerprint = weights_fingerprint(ckpt, 0)
     assert len(fingerprint) == 16 and fingerprint == weights_fingerprint(ckpt, 3)
     capsys.readouterr()

@@ -17,7 +17,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tokenred.adapters._common import check_frames
 from tokenred.reducer import TokenReducer
 from tokenred.tokens import (
     Need,
@@ -38,17 +37,16 @@ def hf_inputs(
     adapter: Any, frames: np.ndarray, prompt: str
 ) -> tuple[dict[str, Any], Any]:
     """Return HF ``forward`` kwargs of the unreduced prompt and its layout."""
-    pixels = adapter._pixels(check_frames(frames), None)
+    pixels = adapter.vision_inputs(frames)
     video = adapter.encode_video(frames)
-    before, after = adapter._prompt_ids(prompt)
-    ids, layout = adapter._layout(video, before, after)
+    ids, layout = adapter.prompt_layout(video, prompt)
     input_ids = torch.tensor([ids])
     kw: dict[str, Any] = {
         "input_ids": input_ids,
         "pixel_values_videos": pixels["pixel_values_videos"],
     }
     if adapter.rope == "mrope":
-        vid = int(adapter._model.config.video_token_id)
+        vid = int(adapter.hf_model.config.video_token_id)
         kw["video_grid_thw"] = pixels["video_grid_thw"]
         kw["mm_token_type_ids"] = (input_ids == vid).to(torch.int32) * 2
         if adapter.family == "qwen2_5_vl":
@@ -59,7 +57,7 @@ def hf_inputs(
 def hf_logits(adapter: Any, kw: dict[str, Any]) -> Tensor:
     """Last-position logits of the unmodified HF forward."""
     with torch.inference_mode():
-        out = adapter._model(**kw, logits_to_keep=1)
+        out = adapter.hf_model(**kw, logits_to_keep=1)
     return out.logits[0, -1].float()
 
 
@@ -82,13 +80,15 @@ def masking_reference(
     mask = torch.zeros(length, length).masked_fill(~allowed, float("-inf"))[None, None]
     positions = None
     if policy is PositionPolicy.REASSIGN:
+        # [1, L] 1-D positions (reassign is a 1-D RoPE policy)
         positions = (torch.cumsum(keep.long(), 0) - 1).clamp(min=0)[None]
+    rotary = adapter.hf_model.model.language_model.rotary_emb
 
     def hook(module: Any, args: Any, kwargs: dict[str, Any]) -> Any:
         hs = args[0]
         kwargs["attention_mask"] = mask.to(hs.dtype)
         if positions is not None:
-            kwargs["position_embeddings"] = adapter._rotary(hs, positions)
+            kwargs["position_embeddings"] = rotary(hs, positions)
         return args, kwargs
 
     handles = [

@@ -30,7 +30,7 @@ def test_captured_attention_matches_eager(
     assert attn.shape == (heads, 1, n), f"attention shape {tuple(attn.shape)}"
     kw, layout = hf_inputs(eager, frames, PROMPT)
     with torch.inference_mode():
-        out = eager._model(**kw, output_attentions=True)
+        out = eager.hf_model(**kw, output_attentions=True)
     vs = layout.vis_start
     # [B, H, L, L] -> last query row over the visual columns: [H, 1, N]
     expected = out.attentions[k - 1][0, :, -1:, vs : vs + n].float()

@@ -114,8 +114,7 @@ def test_merged_positions_are_source_means(
     plan = _plan(PairMerge(), STAGES[0], PositionPolicy.MERGED, 1.0)
     merged = adapter.prefill(video, PROMPT, plan)
     assert merged.n_visual_out == (video.n + 1) // 2
-    before, after = adapter._prompt_ids(PROMPT)
-    _, layout = adapter._layout(video, before, after)
+    _, layout = adapter.prompt_layout(video, PROMPT)
     vs, n = layout.vis_start, layout.n_visual
     orig = layout.positions[:, vs : vs + n].float()
     # [A, N] -> [A, N/2, 2] -> mean of each pair

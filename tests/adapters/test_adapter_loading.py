@@ -125,12 +125,12 @@ def test_tiny_loads_weights_when_present(tmp_path: Path, model_registry: Any) ->
     shutil.copytree(assets_dir(), target)
     first = create_adapter(model_registry, AdapterConfig(path=str(target)))
     first.load()
-    first._model.save_pretrained(str(target))
+    first.hf_model.save_pretrained(str(target))
     second = create_adapter(model_registry, AdapterConfig(path=str(target), seed=99))
     second.load()
     assert second.describe()["random_weights"] is False
-    w1 = first._model.lm_head.weight
-    assert torch.equal(w1, second._model.lm_head.weight)
+    w1 = first.hf_model.lm_head.weight
+    assert torch.equal(w1, second.hf_model.lm_head.weight)
 
 
 def test_dtype_and_device_options(

@@ -174,6 +174,68 @@ class HFVideoAdapter(ModelAdapter):
             raise UsageError(msg)
         return self._model
 
+    # ------------------------------------------------- parts for tools and tests
+    # The public handles below exist for code that drives the Hugging Face model
+    # itself: the demo model's trainer (experiments/demo_model) and the tests that
+    # check tokenred's paths against the model's own ``forward``. Everything else
+    # goes through encode_video / prefill / decode.
+    @property
+    def hf_model(self) -> Any:
+        """The loaded transformers model (e.g. ``LlavaOnevision...Generation``).
+
+        The adapter's own paths read it as they find it, so training it or calling
+        ``save_pretrained`` on it needs no adapter cooperation.
+        """
+        return self._require_loaded()
+
+    @property
+    def tokenizer(self) -> Any:
+        """The loaded tokenizer (a transformers tokenizer)."""
+        self._require_loaded()
+        return self._tokenizer
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of ``text`` without special tokens, as prompts are tokenized."""
+        return list(self._tokenizer.encode(text, add_special_tokens=False))
+
+    def prompt_ids(self, prompt: str) -> tuple[list[int], list[int]]:
+        """Return (ids before the video block, ids after it) of the chat prompt.
+
+        ``prompt_ids("")[0]`` is the system prefix that KV-cache reuse shares
+        between the questions of a video.
+        """
+        chat = self.chat
+        before = self.tokenize(chat.before_video)
+        bos = self._tokenizer.bos_token_id
+        if chat.bos and bos is not None:
+            before = [int(bos), *before]
+        after = self.tokenize(chat.after_video + prompt + chat.after_prompt)
+        return before, after
+
+    def vision_inputs(
+        self, frames: np.ndarray, timestamps: Sequence[float] | None = None
+    ) -> dict[str, Tensor]:
+        """Vision-tower inputs (e.g. ``pixel_values_videos``) of ``[T, H, W, 3]`` uint8.
+
+        The model's own preprocessing of the frames, exactly as
+        :meth:`encode_video` feeds them to the tower (on the CPU, before the cast
+        to the model's device and dtype).
+        """
+        self._require_loaded()
+        return self._pixels(check_frames(frames), timestamps)
+
+    def prompt_layout(
+        self, video: VideoFeatures, prompt: str
+    ) -> tuple[list[int], Layout]:
+        """Token ids of the unreduced prompt around ``video`` and their ``Layout``.
+
+        The ids hold the family's video placeholder block where the visual rows go;
+        the layout says where those rows and the question start, and their
+        positions (what :meth:`prefill` builds before any reduction).
+        """
+        self._require_loaded()
+        return self._layout(video, *self.prompt_ids(prompt))
+
     @property
     def text_config(self) -> Any:
         """The LLM's transformers config."""
@@ -228,25 +290,11 @@ class HFVideoAdapter(ModelAdapter):
         self, frames: np.ndarray, timestamps: Sequence[float] | None = None
     ) -> VideoFeatures:
         """Build pixels from decoded frames and run the vision tower + projector."""
-        self._require_loaded()
-        pixels = self._pixels(check_frames(frames), timestamps)
+        pixels = self.vision_inputs(frames, timestamps)
         with torch.inference_mode():
             return self._features(pixels)
 
     # ---------------------------------------------------------------------- prefill
-    def _tokens(self, text: str) -> list[int]:
-        return list(self._tokenizer.encode(text, add_special_tokens=False))
-
-    def _prompt_ids(self, prompt: str) -> tuple[list[int], list[int]]:
-        """Return (ids before the video block, ids after it) of the chat prompt."""
-        chat = self.chat
-        before = self._tokens(chat.before_video)
-        bos = self._tokenizer.bos_token_id
-        if chat.bos and bos is not None:
-            before = [int(bos), *before]
-        after = self._tokens(chat.after_video + prompt + chat.after_prompt)
-        return before, after
-
     def _layout(
         self,
         video: VideoFeatures,
@@ -330,7 +378,7 @@ class HFVideoAdapter(ModelAdapter):
     ) -> PrefillResult:
         """Prefill the chat prompt around ``video``, reducing as ``plan`` says."""
         self._require_loaded()
-        before, after = self._prompt_ids(prompt)
+        before, after = self.prompt_ids(prompt)
         return run_prefill(self, video, before, after, plan, continuation_ids)
 
     def decode(
@@ -351,7 +399,7 @@ class HFVideoAdapter(ModelAdapter):
         self._require_loaded()
         if plan is not None:
             self.check_plan(plan, reuse=True)
-        before, _ = self._prompt_ids("")
+        before, _ = self.prompt_ids("")
         state = run_prefill(self, video, before, [], plan)
         return PrefixCache(prefill=state, video_grid=video.grid)
 

@@ -168,7 +168,7 @@ def prefill_from_prefix(
     """Prefill ``prompt``'s tokens after a copy of a prefix cache."""
     base = prefix.prefill
     src: Session = base.session
-    _, after = adapter._prompt_ids(prompt)
+    _, after = adapter.prompt_ids(prompt)
     full = [*src.ids, *after]
     cache = copy_cache(src.cache, adapter._new_cache())
     controller = src.controller.fork() if src.controller is not None else None
