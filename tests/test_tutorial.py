@@ -136,7 +136,7 @@ def test_tutorial_runs_literally(tmp_path: Path) -> None:
         if "tokenred run -c" in command:
             assert re.search(r"^\| mystride \| 30% \| 24 \| 0 \|", actual, re.M), actual
     check = outputs[commands.index(".venv/bin/tokenred check mystride")]
-    assert check.rstrip().endswith("14 passed, 0 failed"), check
+    assert check.rstrip().endswith("15 passed, 0 failed"), check
     report = tmp_path / "tokenred" / "runs" / "compare_mystride" / "report"
     summary = (report / "summary.md").read_text(encoding="utf-8")
     assert "| tiny | synthetic | mystride | 30% |" in summary

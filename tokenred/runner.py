@@ -724,7 +724,7 @@ def preflight(cfg: ExperimentConfig, registries: Registries) -> SampleRunner:
     adapter = create_adapter(registries.models, cfg.model)
     dataset = registries.datasets.get(cfg.data.name)(cfg.data)
     runner = SampleRunner(
-        cfg, adapter, dataset, reducer, origin=entry.origin(), device="cpu"
+        cfg, adapter, dataset, reducer, origin=entry.label(), device="cpu"
     )
     plan = runner.plan("", None)
     if plan is not None:

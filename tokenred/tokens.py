@@ -317,8 +317,9 @@ def validate_reduction(
 ) -> Reduction:
     """Check a reducer's result cheaply; the framework runs this after every call.
 
-    Checks types, device, dtype and width, the budget, the assignment range, that
-    every output has a source, sizes conserved, and the output order.
+    Checks types, device, dtype and width, the budget, that the features are finite,
+    the assignment range, that every output has a source, sizes conserved, and the
+    output order.
 
     Args:
         tokens: The input tokens.
@@ -356,6 +357,10 @@ def validate_reduction(
         raise fail("returned no tokens")
     if tuple(out.coords.shape) != (n_out, 3) or tuple(out.sizes.shape) != (n_out,):
         raise fail("coords must be [N_out, 3] and sizes [N_out]")
+    # One fused kernel and one host sync: NaN/Inf would otherwise reach the LLM and
+    # come back as empty answers scored as wrong, hiding the bug.
+    if not bool(torch.isfinite(out.features).all()):
+        raise fail("output features contain NaN or Inf")
     a = reduction.assignment
     if a.dtype != torch.long or tuple(a.shape) != (tokens.n,):
         raise fail(f"assignment must be int64 of shape [{tokens.n}]")
