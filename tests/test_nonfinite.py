@@ -80,3 +80,27 @@ def test_run_stops_on_non_finite_features(capsys, no_autoload, tmp_path: Path):
     line = err.strip().splitlines()[-1]
     assert line.startswith("error: reducer 'nan_features")
     assert "NaN or Inf" in line
+
+
+class OverBudget(NanReducer):
+    """Keep one token more than the budget allows."""
+
+    name = "over_budget_cli"
+
+    def reduce(self, tokens: Any, ctx: Any) -> Reduction:
+        keep = torch.arange(min(ctx.budget + 1, tokens.n), device=tokens.device)
+        return Reduction.from_keep_index(tokens, keep)
+
+
+class OverBudgetPlugin:
+    @hookimpl
+    def register_reducers(self, register: Any) -> None:
+        register(OverBudget)
+
+
+def test_tokenred_check_fails_a_reducer_that_ignores_its_budget(capsys, no_autoload):
+    code = main(["check", "over_budget_cli"], plugins=[OverBudgetPlugin()])
+    out = capsys.readouterr().out
+    assert code == ExitCode.RUN_FAILED
+    assert "FAIL check_budget: reducer 'over_budget_cli'" in out
+    assert "over the budget" in out

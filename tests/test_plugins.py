@@ -268,3 +268,49 @@ def test_reducer_of_a_failed_plugin_says_so(site, capsys):
     assert line.startswith("error: reducer 'gone' is not available: plugin 'gone'")
     assert "failed to load" in line and "no torch" in line
     assert "Unknown reducer" not in err
+
+
+DUP_BODY = """
+from tokenred import hookimpl
+from tokenred.builtin.reducers import RandomReducer
+
+class Dup(RandomReducer):
+    '''{doc}'''
+    name = "dup_reducer"
+
+@hookimpl
+def register_reducers(register):
+    register(Dup)
+"""
+
+
+@pytest.mark.parametrize("order", [("zeta", "alpha"), ("alpha", "zeta")])
+def test_reducer_name_clash_does_not_depend_on_install_order(site, capsys, order):
+    for ep in order:
+        make_ep_dist(
+            site, f"dist-{ep}", ep, f"tokred_{ep}", DUP_BODY.format(doc=f"From {ep}.")
+        )
+    assert main(["list", "reducers", "--json"]) == 0
+    out, err = capsys.readouterr()
+    row = {r["name"]: r for r in json.loads(out)}["dup_reducer"]
+    assert row["plugin"] == "alpha", "the same plugin wins whatever the order"
+    (line,) = [x for x in err.splitlines() if "dup_reducer" in x]
+    assert line.startswith("warning: plugin 'zeta' (distribution dist-zeta 0.1)")
+    assert "already registered by plugin alpha (dist-alpha 0.1)" in line
+
+
+def test_one_module_under_two_entry_point_names(site, capsys):
+    make_ep_dist(
+        site, "dist-one", "one", "tokred_same", "from tokenred import hookimpl\n"
+    )
+    info = site / "dist_two-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: dist-two\nVersion: 0.1\n"
+    )
+    (info / "entry_points.txt").write_text("[tokenred]\ntwo = tokred_same\n")
+    assert main(["plugins", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["one"]["status"] == "ok"
+    assert rows["two"]["status"] == "failed"
+    assert "cannot register" in rows["two"]["error"]

@@ -205,6 +205,9 @@ def _safe_register(pm: TokenredPluginManager, plugin: object, name: str | None) 
     except pluggy.PluginValidationError as exc:
         pm.record_failure(label, f"invalid hook: {exc}{_disable_hint(label)}", exc)
         return
+    except ValueError as exc:  # the same module under two entry-point names
+        pm.record_failure(label, f"cannot register: {exc}{_disable_hint(label)}", exc)
+        return
     if registered is None:  # blocked
         return
     bad = unknown_hooks(pm, plugin)

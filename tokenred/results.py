@@ -7,12 +7,19 @@ A run directory holds::
         manifest.json    RunManifest: versions, git commit, device, plugins, times
         samples.jsonl    one SampleRecord per line, append-only
         .lock            fcntl.flock'ed while a process writes; holds its pid
+        samples.quarantine.jsonl   lines that did not fit the schema (if any)
 
 ``run_id`` is a short hash of the resolved config without its ``output`` section, so
 re-running a config finds its directory and resumes it. Each record is written,
 flushed and fsync'ed as one line; a kill can at worst leave a torn last line, which
 :meth:`RunStore.open` detects and drops. A second writer gets :class:`RunLockedError`
 at once instead of waiting (a wait would hide a mistaken double launch).
+
+Every line is validated on read (:func:`record_problem`): one foreign or damaged
+line is skipped with a warning and moved aside on the next open, instead of making
+every later resume or report fail or disagree. A write that fails (full disk,
+read-only file system) raises :class:`RunStoreError` naming the file, and leaves the
+store as it was.
 """
 
 from __future__ import annotations
