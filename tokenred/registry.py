@@ -141,7 +141,8 @@ class Registry(Generic[T]):
                 where = f" (distribution {failure.dist})" if failure.dist else ""
                 msg = (
                     f"{self.kind} '{name}' is not available: plugin "
-                    f"'{failure.name}'{where} failed to load: {failure.error}"
+                    f"'{failure.name}'{where} failed to load: {failure.error}; fix "
+                    "or reinstall it ('tokenred plugins' lists every plugin)"
                 )
                 return PluginError(msg)
         err = UnknownNameError(self.kind, name, self.entries)

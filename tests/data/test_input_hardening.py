@@ -243,3 +243,30 @@ def test_vnbench_limit_cutting_a_group_is_excluded_and_warned(
         make(registries, "vnbench", fx.root).aggregate(rows)["vnbench/all4_incomplete"]
         == 0.0
     )
+
+
+def test_vnbench_cut_group_run_warns_and_reports_it(
+    build_benchmark: Callable[..., Any], tmp_path: Path, capsys, no_autoload
+) -> None:
+    fx = build_benchmark("vnbench", tmp_path / "vn")
+    argv = [
+        "run",
+        "--data",
+        "vnbench",
+        "--reducer",
+        "random",
+        "--budget",
+        "0.5",
+        f"data.root={fx.root}",
+        "data.limit=6",
+        f"output.root={tmp_path / 'runs'}",
+        "measure.latency=false",
+        "model.max_new_tokens=1",
+    ]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "warning: vnbench: the selection keeps only some tries of 1 question" in err
+    for path in (tmp_path / "runs").rglob("metrics.json"):
+        metrics = json.loads(path.read_text())
+        assert metrics["vnbench/all4_incomplete"] == 1.0
+        assert metrics["num_scored"] == 6.0
