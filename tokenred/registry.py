@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from tokenred.errors import PluginError, TokenredError, UnknownNameError
+from tokenred.plugins import DEFAULT_PLUGINS, is_first_party
 
 if TYPE_CHECKING:
     from tokenred.plugins import PluginFailure, TokenredPluginManager
@@ -259,7 +260,6 @@ def _ordered(pm: TokenredPluginManager, impls: list[Any]) -> list[Any]:
     A fixed order makes the outcome of a name clash independent of the order in
     which distributions were found; the later plugin is the one reported.
     """
-    from tokenred.plugins import DEFAULT_PLUGINS, is_first_party
 
     def key(item: tuple[int, Any]) -> tuple[int, int, str]:
         index, impl = item
@@ -280,8 +280,6 @@ def _make_register(
     dist: str | None,
     version: str | None,
 ) -> Callable[..., None]:
-    from tokenred.plugins import is_first_party
-
     origin = f"{plugin} ({dist} {version})" if dist else plugin
     first_party = is_first_party(plugin, dist)
 
