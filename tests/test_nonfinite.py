@@ -104,3 +104,12 @@ def test_tokenred_check_fails_a_reducer_that_ignores_its_budget(capsys, no_autol
     assert code == ExitCode.RUN_FAILED
     assert "FAIL check_budget: reducer 'over_budget_cli'" in out
     assert "over the budget" in out
+
+
+def test_huge_finite_features_are_not_a_false_alarm():
+    from tokenred import VisualTokens, validate_reduction
+
+    feats = torch.full((12, 4), 3.0e38)  # finite; their float32 sum overflows
+    tokens = VisualTokens.from_grid(feats, (2, 2, 3))
+    red = Reduction.from_keep_index(tokens, torch.tensor([1, 4, 8]))
+    assert validate_reduction(tokens, red, budget=3) is red
