@@ -55,8 +55,8 @@ def test_check_random_passes(capsys):
     code, out, _ = run_cli(capsys, "check", "random")
     assert code == 0, out
     lines = out.splitlines()
-    assert sum(line.startswith("PASS ") for line in lines) == 14
-    assert lines[-1] == "14 passed, 0 failed"
+    assert sum(line.startswith("PASS ") for line in lines) == 15
+    assert lines[-1] == "15 passed, 0 failed"
 
 
 def test_unknown_reducer_is_one_line_and_exit_2(capsys):

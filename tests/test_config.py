@@ -237,7 +237,7 @@ def test_study_sweep_expands_and_flags_pin_axes(fake_registries, tmp_path):
 
 def test_bad_study_files(fake_registries, tmp_path):
     mixed = write(tmp_path, "m.yaml", "sweep: {seed: [1, 2]}\nreducer: random\n")
-    with pytest.raises(ConfigError, match="put experiment keys under base"):
+    with pytest.raises(ConfigError, match="move them under base"):
         load_study([mixed], registries=fake_registries)
     empty = write(tmp_path, "e.yaml", "sweep: {seed: []}\n")
     with pytest.raises(ConfigError, match=r"sweep\.seed is an empty list"):

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from tokenred.results import (
+    QUARANTINE,
     FlopsRecord,
     MemoryRecord,
     RunLockedError,
@@ -150,13 +151,22 @@ def test_torn_line_ending_in_newline_is_also_dropped(tmp_path: Path) -> None:
     assert len(store.samples_path.read_text().splitlines()) == 1
 
 
-def test_corrupt_middle_line_is_an_error(tmp_path: Path) -> None:
+def test_corrupt_middle_line_is_skipped_then_quarantined(
+    tmp_path: Path, caplog
+) -> None:
     with RunStore(tmp_path / "run") as store:
         store.append(_record(0))
     text = store.samples_path.read_text()
     store.samples_path.write_text("garbage\n" + text)
-    with pytest.raises(RunStoreError, match=r"samples.jsonl:1 is not a valid record"):
-        RunStore(tmp_path / "run").records()
+    assert [r.id for r in RunStore(tmp_path / "run").records()] == ["s0"]
+    assert "samples.jsonl do not fit the record schema (line 1: not JSON" in caplog.text
+    with RunStore(tmp_path / "run") as store:
+        assert store.completed_ids() == {"s0"}
+    assert store.samples_path.read_text() == text
+    (moved,) = [
+        json.loads(x) for x in (store.path / QUARANTINE).read_text().splitlines()
+    ]
+    assert moved["line"] == 1 and moved["text"] == "garbage"
 
 
 def test_errors_can_be_retried_and_the_last_record_wins(tmp_path: Path) -> None:

@@ -125,6 +125,14 @@ def broken(red: Reduction, **changes) -> Reduction:
             lambda r: broken(r, tokens={"coords": r.tokens.coords[:2]}),
             "coords must be [N_out, 3]",
         ),
+        (
+            lambda r: broken(r, tokens={"features": r.tokens.features * torch.nan}),
+            "features contain NaN or Inf",
+        ),
+        (
+            lambda r: broken(r, tokens={"features": r.tokens.features / 0.0}),
+            "features contain NaN or Inf",
+        ),
     ],
 )
 def test_validate_reduction_names_the_invariant(mutate, phrase):

@@ -28,7 +28,7 @@ import pytest
 
 from tokenred.plugins import get_plugin_manager
 from tokenred.registry import Registries
-from tokenred.testing import check_reducer
+from tokenred.testing import CHECKS, check_reducer
 
 REPO = Path(__file__).resolve().parents[1]
 TUTORIAL = REPO / "docs" / "plugins" / "writing-a-reducer.md"
@@ -136,7 +136,7 @@ def test_tutorial_runs_literally(tmp_path: Path) -> None:
         if "tokenred run -c" in command:
             assert re.search(r"^\| mystride \| 30% \| 24 \| 0 \|", actual, re.M), actual
     check = outputs[commands.index(".venv/bin/tokenred check mystride")]
-    assert check.rstrip().endswith("14 passed, 0 failed"), check
+    assert check.rstrip().endswith("15 passed, 0 failed"), check
     report = tmp_path / "tokenred" / "runs" / "compare_mystride" / "report"
     summary = (report / "summary.md").read_text(encoding="utf-8")
     assert "| tiny | synthetic | mystride | 30% |" in summary
@@ -176,7 +176,7 @@ def test_tutorial_rename_yields_a_plugin_that_passes_the_contract(
         entry = Registries.from_plugin_manager(pm).reducers.entry("mystride")
         results = check_reducer(entry.load())
         failed = [r.line() for r in results if not r.passed]
-        assert len(results) == 14 and not failed, failed
+        assert len(results) == len(CHECKS) and not failed, failed
     finally:
         for name in set(sys.modules) - before:
             if name.startswith("tokenred_mystride"):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import io
 import itertools
 import logging
 import typing
@@ -134,30 +135,73 @@ def _flat_keys(data: Mapping[str, Any], prefix: str = "") -> set[str]:
 
 def _read_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
+    if p.is_dir():
+        yamls = sorted(x.name for x in p.glob("*.y*ml"))[:5]
+        hint = f", e.g. {p / yamls[0]}" if yamls else ""
+        msg = f"config file '{p}' is a directory; give a YAML file{hint}"
+        raise ConfigError(msg)
     if not p.is_file():
         msg = f"config file '{p}' not found"
         raise ConfigError(msg)
     try:
-        loaded = OmegaConf.load(p)
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        msg = (
+            f"config file '{p}' is not UTF-8 text (byte {exc.start}); save it as UTF-8"
+        )
+        raise ConfigError(msg) from None
+    except OSError as exc:
+        msg = f"config file '{p}' cannot be read: {exc.strerror or exc}"
+        raise ConfigError(msg) from None
+    if not text.strip() or all(
+        not line.strip() or line.lstrip().startswith("#") for line in text.splitlines()
+    ):
+        msg = (
+            f"config file '{p}' is empty; give experiment keys (e.g. reducer: random) "
+            "or a study (study:, base:, sweep:), or leave out -c to run the defaults"
+        )
+        raise ConfigError(msg)
+    try:
+        # OmegaConf's loader (not yaml.safe_load) reads 1e-3 as a float.
+        loaded = OmegaConf.load(io.StringIO(text))
     except yaml.YAMLError as exc:
         first = " ".join(str(exc).split())
         msg = f"config file '{p}' is not valid YAML: {first}"
         raise ConfigError(msg) from None
+    except (OSError, OmegaConfBaseException):  # a single scalar value
+        loaded = None
     if not OmegaConf.is_dict(loaded):
-        msg = f"config file '{p}' must hold a mapping of keys, not a list"
+        kind = "a list" if OmegaConf.is_list(loaded) else "a single value"
+        msg = f"config file '{p}' must hold a mapping of keys, not {kind}"
         raise ConfigError(msg)
     data = OmegaConf.to_container(loaded, resolve=False)
     return typing.cast("dict[str, Any]", data)
 
 
+def _experiment_keys() -> list[str]:
+    return [f.name for f in dataclasses.fields(ExperimentConfig)]
+
+
 def _read_study(data: dict[str, Any], source: str) -> StudyConfig:
     extra = sorted(set(data) - STUDY_KEYS)
-    if extra:
+    study_keys = ", ".join(sorted(STUDY_KEYS))
+    unknown = [k for k in extra if k not in _experiment_keys()]
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(str(key), sorted(STUDY_KEYS), n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
         msg = (
-            f"{source} mixes study keys ({', '.join(sorted(STUDY_KEYS))}) with "
-            f"experiment keys ({', '.join(extra)}); put experiment keys under base:"
+            f"{source}: unknown top-level key '{key}' in a study file.{hint} A study "
+            f"file has the keys {study_keys}; experiment keys go under base:"
         )
         raise ConfigError(msg)
+    if extra:
+        msg = (
+            f"{source}: experiment key(s) {', '.join(extra)} at the top level of a "
+            f"study file (keys {study_keys}); move them under base:"
+        )
+        raise ConfigError(msg)
+    _check_sweep_shape(data.get("sweep"), source)
     schema = OmegaConf.structured(StudyConfig)
     try:
         merged = OmegaConf.merge(schema, data)
@@ -169,6 +213,25 @@ def _read_study(data: dict[str, Any], source: str) -> StudyConfig:
             msg = f"{source}: sweep.{key} is an empty list; give at least one value"
             raise ConfigError(msg)
     return study
+
+
+def _check_sweep_shape(sweep: Any, source: str) -> None:
+    """A sweep maps dotted keys to lists; say so instead of OmegaConf's type names."""
+    if sweep is None:
+        return
+    if not isinstance(sweep, Mapping):
+        msg = (
+            f"{source}: sweep must map config keys to lists of values, e.g. "
+            f"sweep: {{budget.ratio: [0.1, 0.3]}}; got {sweep!r}"
+        )
+        raise ConfigError(msg)
+    for key, values in sweep.items():
+        if not isinstance(values, list):
+            msg = (
+                f"{source}: sweep.{key} must be a list of values, e.g. "
+                f"{key}: [{values!r}]; got {values!r}"
+            )
+            raise ConfigError(msg)
 
 
 def _file_layers(

@@ -163,11 +163,24 @@ class VideoDataset(ABC):
             every = self.load()
             _check_unique(self.name, every)
             chosen = self.select(every)
+            _check_selected(self.name, self.config, every, chosen)
             log.info(
                 "%s: %d of %d samples selected", self.name, len(chosen), len(every)
             )
             self._samples = chosen
         return self._samples
+
+    def check_selection(self) -> None:
+        """Load the samples and fail now if the selection matches nothing.
+
+        Meant for a run's preflight, so a misspelt ``data.subset`` stops a study
+        before its first run instead of recording nothing.
+
+        Raises:
+            DataError: Bad annotations, or a split or subset with no questions (the
+                message lists the valid task names and example ids).
+        """
+        self.samples()
 
     def select(self, samples: Sequence[Sample]) -> list[Sample]:
         """Apply ``config.subset`` (ids, video ids or task types), then ``limit``."""
@@ -229,6 +242,30 @@ def _selectors(sample: Sample) -> set[str]:
     if task is not None:
         keys.add(str(task))
     return keys
+
+
+def _check_selected(
+    name: str, config: DataConfig, every: Sequence[Sample], chosen: Sequence[Sample]
+) -> None:
+    """Refuse a selection that matches nothing (``limit: 0`` is a deliberate one)."""
+    if chosen or config.limit == 0:
+        return
+    if not every:
+        msg = (
+            f"dataset '{name}': split '{config.split}' has no questions; check "
+            "data.root, data.split and the annotation file (docs/datasets.md)"
+        )
+        raise DataError(msg)
+    tasks = sorted({str(s.meta["task"]) for s in every if s.meta.get("task")})
+    examples = ", ".join(s.id for s in every[:3])
+    valid = f"task types: {', '.join(tasks)}; " if tasks else ""
+    wanted = ", ".join(str(x) for x in config.subset or [])
+    msg = (
+        f"dataset '{name}': data.subset [{wanted}] matches none of the "
+        f"{len(every)} questions of split '{config.split}'; list question ids, video "
+        f"ids or task types ({valid}ids such as {examples})"
+    )
+    raise DataError(msg)
 
 
 def _check_unique(name: str, samples: Sequence[Sample]) -> None:

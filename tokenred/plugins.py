@@ -8,6 +8,7 @@ distribution and the error, and everything else keeps working.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import logging
 import os
@@ -33,6 +34,32 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "tokenred.builtin.models",
 )
 """Modules of the builtin plugins, registered under their module name."""
+
+FIRST_PARTY: dict[str, str] = {
+    "sttm": "tokenred-sttm",
+    "tome": "tokenred-tome",
+    "fastv": "tokenred-fastv",
+    "pool": "tokenred-pool",
+    "dycoke_ttm": "tokenred-dycoke-ttm",
+    "template": "tokenred-template",
+}
+"""Entry-point names reserved for the plugins shipped with tokenred -> distribution.
+
+Another distribution cannot take these names (nor the reducer names of
+:data:`tokenred.registry.FIRST_PARTY_REDUCERS`), whatever the load order.
+"""
+
+
+def is_first_party(plugin: str, dist: str | None) -> bool:
+    """Whether ``plugin`` is a builtin or a first-party plugin from its own dist."""
+    if plugin in DEFAULT_PLUGINS:
+        return True
+    expected = FIRST_PARTY.get(plugin)
+    return expected is not None and _norm(dist) == _norm(expected)
+
+
+def _norm(dist: str | None) -> str:
+    return (dist or "").lower().replace("_", "-").replace(".", "-")
 
 
 @dataclass(frozen=True)
@@ -64,13 +91,16 @@ class TokenredPluginManager(pluggy.PluginManager):
         """Return ``(distribution, version)`` of a plugin, or ``(None, None)``."""
         return self.dists.get(plugin, (None, None))
 
-    def record_failure(self, plugin: str, error: str, exc: BaseException) -> None:
+    def record_failure(
+        self, plugin: str, error: str, exc: BaseException | None
+    ) -> None:
         """Record a failed plugin and emit its one warning."""
         dist, version = self.distribution_of(plugin)
         failure = PluginFailure(plugin, dist, version, error)
         self.failures.append(failure)
         log.warning("%s", failure.line())
-        log.debug("plugin %s traceback", plugin, exc_info=exc)
+        if exc is not None:
+            log.debug("plugin %s traceback", plugin, exc_info=exc)
 
     def plugin_rows(self) -> list[dict[str, Any]]:
         """Return one row per loaded or failed plugin for ``tokenred plugins``."""
@@ -138,30 +168,140 @@ def get_plugin_manager(
     if autoload and os.environ.get(ENV_NO_AUTOLOAD, "") not in {"1", "true"}:
         _load_entry_points(pm)
     for obj in extra:
-        pm.register(obj)
-    pm.check_pending()
+        _safe_register(pm, obj, None)
+    pm.check_pending()  # every plugin with an unknown hook was already removed
     if os.environ.get(ENV_TRACE, "") in {"1", "true"}:
         pm.trace.root.setwriter(lambda msg: log.info("%s", msg.rstrip()))
         pm.enable_tracing()
     return pm
 
 
-def _load_entry_points(pm: TokenredPluginManager) -> None:
-    """Import each entry point of the group, recording failures instead of raising."""
-    seen: set[str] = set()
-    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in seen or pm.is_blocked(ep.name) or pm.has_plugin(ep.name):
+def _hook_names() -> list[str]:
+    prefixes = ("register_", "before_", "after_")
+    return sorted(n for n in vars(hookspecs) if n.startswith(prefixes))
+
+
+def unknown_hooks(pm: TokenredPluginManager, plugin: object) -> list[str]:
+    """Return the hook implementations of ``plugin`` that match no hookspec."""
+    bad = []
+    for caller in pm.get_hookcallers(plugin) or []:
+        if caller.has_spec():
             continue
-        seen.add(ep.name)
+        for impl in caller.get_hookimpls():
+            if impl.plugin is plugin and not impl.optionalhook:
+                bad.append(caller.name)
+    return sorted(set(bad))
+
+
+def _safe_register(pm: TokenredPluginManager, plugin: object, name: str | None) -> None:
+    """Register one plugin; a bad hook fails that plugin only, with a fix.
+
+    pluggy would raise (and take every command down) for a hook name that matches no
+    specification or for a hook with arguments the specification lacks.
+    """
+    label = name or _label(plugin)
+    try:
+        registered = pm.register(plugin, name=name)
+    except pluggy.PluginValidationError as exc:
+        pm.record_failure(label, f"invalid hook: {exc}{_disable_hint(label)}", exc)
+        return
+    except ValueError as exc:  # the same module under two entry-point names
+        pm.record_failure(label, f"cannot register: {exc}{_disable_hint(label)}", exc)
+        return
+    if registered is None:  # blocked
+        return
+    bad = unknown_hooks(pm, plugin)
+    if not bad:
+        return
+    pm.unregister(plugin)
+    known = _hook_names()
+    parts = []
+    for hook in bad:
+        close = difflib.get_close_matches(hook, known, n=1, cutoff=0.6)
+        parts.append(f"'{hook}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+    msg = (
+        f"unknown hook {', '.join(parts)}; hooks are {', '.join(known)}"
+        f"{_disable_hint(label)}"
+    )
+    pm.record_failure(label, msg, None)
+
+
+def _label(plugin: object) -> str:
+    return str(getattr(plugin, "__name__", None) or type(plugin).__name__)
+
+
+def _disable_hint(name: str) -> str:
+    return f" (fix the plugin or skip it with --disable-plugin {name})"
+
+
+def _load_entry_points(pm: TokenredPluginManager) -> None:
+    """Import each entry point of the group, recording failures instead of raising.
+
+    Entry points are grouped by name first, so the outcome never depends on the
+    order in which distributions are found: a first-party name is only taken by its
+    own distribution, and a name offered by two other distributions loads neither
+    and names both.
+    """
+    by_name: dict[str, dict[str, metadata.EntryPoint]] = {}
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
         dist = getattr(ep, "dist", None)
-        pm.dists[ep.name] = (
+        dist_name = str(dist.metadata["Name"]) if dist is not None else ""
+        by_name.setdefault(ep.name, {}).setdefault(dist_name, ep)
+    for name in sorted(by_name):
+        if pm.is_blocked(name) or pm.has_plugin(name):
+            continue
+        eps = by_name[name]
+        chosen = _choose(pm, name, eps)
+        if chosen is None:
+            continue
+        ep = chosen
+        dist = getattr(ep, "dist", None)
+        pm.dists[name] = (
             dist.metadata["Name"] if dist is not None else None,
             dist.version if dist is not None else None,
         )
         try:
             plugin = ep.load()
-            pm.register(plugin, name=ep.name)
         except Exception as exc:
             pm.record_failure(
-                ep.name, f"cannot import '{ep.value}': {type(exc).__name__}: {exc}", exc
+                name, f"cannot import '{ep.value}': {type(exc).__name__}: {exc}", exc
             )
+            continue
+        _safe_register(pm, plugin, name)
+
+
+def _choose(
+    pm: TokenredPluginManager, name: str, eps: dict[str, metadata.EntryPoint]
+) -> metadata.EntryPoint | None:
+    """Pick the entry point to load for ``name``; record the rejected ones."""
+    first = FIRST_PARTY.get(name)
+    if first is not None:
+        own = [d for d in eps if _norm(d) == _norm(first)]
+        for dist in sorted(d for d in eps if _norm(d) != _norm(first)):
+            pm.dists.setdefault(f"{name} [{dist}]", (dist, _version(eps[dist])))
+            msg = (
+                f"entry point name '{name}' of distribution {dist} is reserved for "
+                f"the first-party distribution {first}; rename the entry point "
+                f"or uninstall {dist}"
+            )
+            pm.record_failure(f"{name} [{dist}]", msg, None)
+        return eps[own[0]] if own else None
+    if len(eps) > 1:
+        dists = sorted(eps)
+        for dist in dists:
+            key = f"{name} [{dist}]"
+            pm.dists[key] = (dist, _version(eps[dist]))
+            others = ", ".join(d for d in dists if d != dist)
+            msg = (
+                f"entry point name '{name}' is provided by distributions "
+                f"{' and '.join(dists)}; neither was loaded: uninstall one "
+                f"(this one clashes with {others})"
+            )
+            pm.record_failure(key, msg, None)
+        return None
+    return next(iter(eps.values()))
+
+
+def _version(ep: metadata.EntryPoint) -> str | None:
+    dist = getattr(ep, "dist", None)
+    return str(dist.version) if dist is not None else None

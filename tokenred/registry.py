@@ -16,14 +16,25 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from tokenred.errors import PluginError, UnknownNameError
+from tokenred.errors import PluginError, TokenredError, UnknownNameError
+from tokenred.plugins import DEFAULT_PLUGINS, is_first_party
 
 if TYPE_CHECKING:
-    from tokenred.plugins import TokenredPluginManager
+    from tokenred.plugins import PluginFailure, TokenredPluginManager
 
 log = logging.getLogger(__name__)
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+
+FIRST_PARTY_REDUCERS: dict[str, str] = {
+    "sttm": "sttm",
+    "tome": "tome",
+    "fastv": "fastv",
+    "pool": "pool",
+    "dycoke_ttm": "dycoke_ttm",
+    "template_stride": "template",
+}
+"""Reducer names reserved for a first-party plugin (reducer -> plugin name)."""
 
 T = TypeVar("T")
 
@@ -54,6 +65,10 @@ class Entry(Generic[T]):
             return f"{self.plugin} ({self.dist} {self.version})"
         return self.plugin
 
+    def label(self) -> str:
+        """Return ``name (dist version)`` (or the name alone) for run-time messages."""
+        return f"{self.name} ({self.dist} {self.version})" if self.dist else self.name
+
     def load(self) -> type[T]:
         """Return the class, importing it if it was registered lazily."""
         if isinstance(self.target, str):
@@ -76,6 +91,8 @@ class Registry(Generic[T]):
     base: str
     entries: dict[str, Entry[T]] = field(default_factory=dict)
     aliases: dict[str, str] = field(default_factory=dict)
+    failed_plugins: list[PluginFailure] = field(default_factory=list)
+    """Plugins that failed to load: a missing name may be theirs."""
 
     def add(self, entry: Entry[T]) -> None:
         """Add an entry, rejecting bad names and duplicates.
@@ -114,8 +131,29 @@ class Registry(Generic[T]):
         """
         key = self.aliases.get(name, name)
         if key not in self.entries:
-            raise UnknownNameError(self.kind, name, self.entries)
+            raise self._missing(name)
         return self.entries[key]
+
+    def _missing(self, name: str) -> TokenredError:
+        """Say a plugin failed to load when that plugin may provide ``name``."""
+        owner = FIRST_PARTY_REDUCERS.get(name, name) if self.kind == "reducer" else name
+        for failure in self.failed_plugins:
+            if failure.name.split(" [")[0] in {name, owner}:
+                where = f" (distribution {failure.dist})" if failure.dist else ""
+                msg = (
+                    f"{self.kind} '{name}' is not available: plugin "
+                    f"'{failure.name}'{where} failed to load: {failure.error}; fix "
+                    "or reinstall it ('tokenred plugins' lists every plugin)"
+                )
+                return PluginError(msg)
+        err = UnknownNameError(self.kind, name, self.entries)
+        if self.failed_plugins:
+            names = ", ".join(f"'{f.name}'" for f in self.failed_plugins)
+            err.args = (
+                f"{err.args[0]} (plugins that failed to load and may provide it: "
+                f"{names}; see 'tokenred plugins')",
+            )
+        return err
 
     def get(self, name: str) -> type[T]:
         """Return the class registered under ``name``."""
@@ -202,7 +240,7 @@ class Registries:
             # get_hookimpls() lists implementations in registration order (pluggy
             # *calls* them in reverse), so builtins register before third-party
             # plugins and a clashing plugin, not the builtin, is the one reported.
-            for impl in caller.get_hookimpls():
+            for impl in _ordered(pm, caller.get_hookimpls()):
                 plugin = pm.get_name(impl.plugin) or repr(impl.plugin)
                 dist, version = pm.distribution_of(plugin)
                 register = _make_register(registry, check, plugin, dist, version)
@@ -211,7 +249,28 @@ class Registries:
                 except Exception as exc:
                     pm.record_failure(plugin, f"{hook_name} failed: {exc}", exc)
                     regs.failures.append((plugin, str(exc)))
+        for registry in (regs.reducers, regs.models, regs.datasets):
+            registry.failed_plugins = list(pm.failures)
         return regs
+
+
+def _ordered(pm: TokenredPluginManager, impls: list[Any]) -> list[Any]:
+    """Builtins, then first-party plugins, then the rest by name.
+
+    A fixed order makes the outcome of a name clash independent of the order in
+    which distributions were found; the later plugin is the one reported.
+    """
+
+    def key(item: tuple[int, Any]) -> tuple[int, int, str]:
+        index, impl = item
+        name = pm.get_name(impl.plugin) or ""
+        if name in DEFAULT_PLUGINS:
+            return (0, index, "")
+        if is_first_party(name, pm.distribution_of(name)[0]):
+            return (1, 0, name)
+        return (2, 0, name)
+
+    return [impl for _, impl in sorted(enumerate(impls), key=key)]
 
 
 def _make_register(
@@ -222,6 +281,7 @@ def _make_register(
     version: str | None,
 ) -> Callable[..., None]:
     origin = f"{plugin} ({dist} {version})" if dist else plugin
+    first_party = is_first_party(plugin, dist)
 
     def register(obj: Any, target: Any = None, aliases: tuple[str, ...] = ()) -> None:
         if isinstance(obj, str):
@@ -232,6 +292,13 @@ def _make_register(
             name, tgt = obj, target
         else:
             name, tgt = check(obj, origin), obj
+        owner = FIRST_PARTY_REDUCERS.get(name) if registry.kind == "reducer" else None
+        if owner is not None and not (plugin == owner and first_party):
+            msg = (
+                f"reducer name '{name}' from plugin {origin} is reserved for the "
+                f"first-party plugin '{owner}'; rename the reducer"
+            )
+            raise PluginError(msg)
         registry.add(Entry(name, tgt, plugin, dist, version, aliases=tuple(aliases)))
 
     return register

@@ -31,7 +31,7 @@ import pandas as pd
 
 from tokenred.errors import UsageError
 from tokenred.measure.stats import bootstrap_ci, paired_stats, pareto_front
-from tokenred.results import RunStore, SampleRecord
+from tokenred.results import RunStore, SampleRecord, unusable_note
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -497,6 +497,9 @@ def main_report(
     samples = samples_frame(runs)
     if samples.empty:
         msg = f"the runs in {', '.join(map(str, run_dirs))} hold no sample records yet"
+        note = unusable_note([r.path for r in runs])
+        if note:
+            msg = msg.replace("no sample records yet", f"no valid records: {note}")
         raise UsageError(msg)
     out = Path(out_dir) if out_dir is not None else runs[0].path.parent / "report"
     out.mkdir(parents=True, exist_ok=True)

@@ -7,17 +7,26 @@ A run directory holds::
         manifest.json    RunManifest: versions, git commit, device, plugins, times
         samples.jsonl    one SampleRecord per line, append-only
         .lock            fcntl.flock'ed while a process writes; holds its pid
+        samples.quarantine.jsonl   lines that did not fit the schema (if any)
 
 ``run_id`` is a short hash of the resolved config without its ``output`` section, so
 re-running a config finds its directory and resumes it. Each record is written,
 flushed and fsync'ed as one line; a kill can at worst leave a torn last line, which
 :meth:`RunStore.open` detects and drops. A second writer gets :class:`RunLockedError`
 at once instead of waiting (a wait would hide a mistaken double launch).
+
+Every line is validated on read (:func:`record_problem`): one foreign or damaged
+line is skipped with a warning and moved aside on the next open, instead of making
+every later resume or report fail or disagree. A write that fails (full disk,
+read-only file system) raises :class:`RunStoreError` naming the file, and leaves the
+store as it was.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import fcntl
 import hashlib
 import json
@@ -25,8 +34,9 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from tokenred.errors import ExitCode, TokenredError
 from tokenred.measure.env import RunManifest, jsonable
@@ -105,6 +115,8 @@ class SampleRecord:
         video_id: Video the question belongs to.
         status: ``"ok"`` or ``"error"``.
         error: One-line error message when ``status == "error"``.
+        attempts: How many records this sample has had in the store, this one
+            included (a failed sample is retried on every rerun; the latest wins).
         prediction: Extracted answer letter, or None.
         answer: Gold letter, or None.
         correct: ``prediction == answer`` (None when unknown).
@@ -131,6 +143,7 @@ class SampleRecord:
     video_id: str = ""
     status: str = "ok"
     error: str | None = None
+    attempts: int = 1
     prediction: str | None = None
     answer: str | None = None
     correct: bool | None = None
@@ -151,9 +164,23 @@ class SampleRecord:
 
     @classmethod
     def failed(
-        cls, id: str, video_id: str, error: BaseException | str, **kw: Any
+        cls,
+        id: str,
+        video_id: str,
+        error: BaseException | str,
+        meta: Mapping[str, Any] | None = None,
+        **kw: Any,
     ) -> SampleRecord:
-        """Return an error record with a one-line message."""
+        """Return an error record with a one-line message.
+
+        Args:
+            id: The sample id.
+            video_id: Its video.
+            error: The exception (or message) that failed it.
+            meta: The sample's dataset metadata (task, duration, ...), kept so that
+                failures can be broken down like answers.
+            **kw: Further record fields.
+        """
         is_exc = isinstance(error, BaseException)
         text = f"{type(error).__name__}: {error}" if is_exc else str(error)
         return cls(
@@ -161,6 +188,7 @@ class SampleRecord:
             video_id=video_id,
             status="error",
             error=text.splitlines()[0] if text else "error",
+            meta=dict(meta or {}),
             **kw,
         )
 
@@ -194,13 +222,239 @@ def _known(cls: type, data: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in data.items() if k in names}
 
 
+# ------------------------------------------------------------ validation on read
+STATUSES = ("ok", "error")
+QUARANTINE = "samples.quarantine.jsonl"
+"""Side file (in the run directory) of lines that did not fit the record schema."""
+
+_OPTIONAL: dict[str, tuple[type, ...]] = {
+    "error": (str,),
+    "prediction": (str,),
+    "answer": (str,),
+    "correct": (bool,),
+    "agree_with_unreduced": (bool,),
+    "n_visual_in": (int,),
+    "n_visual_out": (int,),
+    "budget_tokens": (int,),
+    "equivalent_tokens": (int, float),
+    "flops": (dict,),
+    "memory": (dict,),
+}
+_REQUIRED_TYPE: dict[str, tuple[type, ...]] = {
+    "video_id": (str,),
+    "text": (str,),
+    "attempts": (int,),
+    "schedule": (list,),
+    "visual_schedule": (list,),
+    "latency_ms": (dict,),
+    "reduction_info": (dict,),
+    "meta": (dict,),
+    "schema_version": (int,),
+}
+
+
+def record_problem(data: Any) -> str | None:
+    """Return why a parsed JSON line is not a :class:`SampleRecord`, or None.
+
+    Cheap structural checks only: enough that one foreign or damaged line cannot make
+    every later report, resume or score fail or disagree.
+    """
+    if not isinstance(data, dict):
+        return f"a JSON {type(data).__name__}, not a record object"
+    rid = data.get("id")
+    if not isinstance(rid, str) or not rid:
+        return f"'id' must be a non-empty string, got {rid!r}"
+    if data.get("status", "ok") not in STATUSES:
+        return f"'status' must be one of {', '.join(STATUSES)}, got {data['status']!r}"
+    for key, types in _OPTIONAL.items():
+        value = data.get(key)
+        if value is not None and not _is(value, types):
+            return f"'{key}' must be {_names(types)} or null, got {value!r}"
+    for key, types in _REQUIRED_TYPE.items():
+        if key in data and not _is(data[key], types):
+            return f"'{key}' must be {_names(types)}, got {data[key]!r}"
+    version = data.get("schema_version", SCHEMA_VERSION)
+    if version > SCHEMA_VERSION:
+        return (
+            f"schema_version {version} is newer than this tokenred's "
+            f"{SCHEMA_VERSION}; upgrade tokenred"
+        )
+    return None
+
+
+def _is(value: Any, types: tuple[type, ...]) -> bool:
+    if isinstance(value, bool) and bool not in types:
+        return False  # JSON true is not a count
+    return isinstance(value, types)
+
+
+def _names(types: tuple[type, ...]) -> str:
+    words = {str: "a string", bool: "true/false", int: "an integer", float: "a number"}
+    words |= {dict: "an object", list: "a list"}
+    return " or ".join(words.get(t, t.__name__) for t in types)
+
+
+@dataclass(frozen=True)
+class InvalidLine:
+    """A line of ``samples.jsonl`` that is not a valid record."""
+
+    number: int
+    text: str
+    reason: str
+
+
+def read_samples(path: Path) -> tuple[list[SampleRecord], list[InvalidLine]]:
+    """Parse ``samples.jsonl``: valid records in file order, and the lines that are not.
+
+    An unterminated last line (a writer killed mid-line, or one still writing) is
+    neither: it is skipped, never repaired, so reading is safe without the lock.
+
+    Raises:
+        RunStoreError: ``path`` exists but is not a regular file.
+    """
+    _require_file(path, "the run's record file")
+    if not path.exists():
+        return [], []
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise store_error("read", path, exc) from exc
+    lines = data.split(b"\n")
+    complete, tail = lines[:-1], lines[-1]
+    records: list[SampleRecord] = []
+    invalid: list[InvalidLine] = []
+    for number, line in enumerate(complete, start=1):
+        if not line.strip():
+            continue
+        text = line.decode("utf-8", errors="replace")
+        try:
+            parsed = json.loads(line.decode("utf-8"))
+        except ValueError as exc:  # UnicodeDecodeError included
+            if number == len(complete) and not tail:
+                continue  # a torn last line that happened to end in a newline
+            invalid.append(InvalidLine(number, text, f"not JSON ({exc})"))
+            continue
+        problem = record_problem(parsed)
+        if problem is None:
+            try:
+                records.append(SampleRecord.from_dict(parsed))
+                continue
+            except (TypeError, ValueError) as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+        invalid.append(InvalidLine(number, text, problem))
+    return records, invalid
+
+
+def unusable_note(run_dirs: list[Path]) -> str:
+    """Explain why stores hold no records when they hold invalid or quarantined lines.
+
+    Returns an empty string when every store is simply empty.
+    """
+    invalid = quarantined = 0
+    for run_dir in run_dirs:
+        invalid += len(read_samples(Path(run_dir) / RunStore.SAMPLES)[1])
+        side = Path(run_dir) / QUARANTINE
+        if side.is_file():
+            quarantined += sum(
+                1 for line in side.open(encoding="utf-8") if line.strip()
+            )
+    parts = []
+    if invalid:
+        parts.append(
+            f"{invalid} line(s) of samples.jsonl do not fit the record schema (see the "
+            "warnings; a rerun moves them to samples.quarantine.jsonl and runs those "
+            "samples again)"
+        )
+    if quarantined:
+        parts.append(f"{quarantined} line(s) are in samples.quarantine.jsonl")
+    return "; ".join(parts)
+
+
+def _invalid_summary(path: Path, invalid: list[InvalidLine]) -> str:
+    first = invalid[0]
+    return (
+        f"{len(invalid)} line(s) of {path} do not fit the record schema "
+        f"(line {first.number}: {first.reason})"
+    )
+
+
+def _require_file(path: Path, what: str) -> None:
+    if path.exists() and not path.is_file():
+        msg = (
+            f"{path} should be {what} but is a "
+            f"{'directory' if path.is_dir() else 'special file'}; move it away "
+            f"(e.g. mv {path} {path}.bak) and rerun"
+        )
+        raise RunStoreError(msg)
+
+
+# ------------------------------------------------------------------- writing safely
+_WRITE_FIX = {
+    errno.ENOSPC: "free disk space, or set output.root to another disk",
+    errno.EDQUOT: "free space within your disk quota, or set output.root elsewhere",
+    errno.EROFS: "the file system is read-only; set output.root to a writable place",
+    errno.EACCES: "fix the permissions, or set output.root to a writable place",
+    errno.EPERM: "fix the permissions, or set output.root to a writable place",
+    errno.EISDIR: "a directory is in the way; move it away",
+}
+
+
+def store_error(action: str, path: Path, exc: OSError) -> RunStoreError:
+    """Turn an OSError on a run-store file into one line naming the file and fix."""
+    code = errno.errorcode.get(exc.errno or 0, "")
+    reason = exc.strerror or str(exc)
+    fix = _WRITE_FIX.get(exc.errno or 0, "check the disk and the path")
+    msg = (
+        f"cannot {action} {path}: {reason}{f' ({code})' if code else ''}; {fix}. "
+        "Records already written are kept; rerun to resume"
+    )
+    return RunStoreError(msg)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write every byte of ``data`` to ``fd`` (os.write may write fewer)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def strict_json(obj: Any, **kwargs: Any) -> str:
+    """Return strict JSON: NaN and infinity become null (Python would write NaN).
+
+    Args:
+        obj: A JSON-able value; enums, paths and dataclasses are converted too.
+        **kwargs: Passed to :func:`json.dumps` (``indent``, ``sort_keys``...).
+    """
+    return json.dumps(jsonable(obj), allow_nan=False, **kwargs)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as strict, indented JSON atomically (e.g. ``metrics.json``).
+
+    Raises:
+        RunStoreError: Naming the file when it cannot be written (full disk, ...).
+    """
+    _atomic_write(Path(path), strict_json(obj, indent=2, sort_keys=True) + "\n")
+
+
 def _atomic_write(path: Path, text: str) -> None:
+    _atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)  # the old file, if any, is untouched
+        raise store_error("write", path, exc) from exc
 
 
 class RunStore:
@@ -222,9 +476,12 @@ class RunStore:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self._lock_fd: int | None = None
-        self._fh: IO[str] | None = None
+        self._fd: int | None = None
         self._status: dict[str, str] = {}
+        self._attempts: dict[str, int] = {}
         self._session = 1
+        self.invalid_lines: list[InvalidLine] = []
+        """Lines the last :meth:`records` call skipped."""
 
     @classmethod
     def for_config(
@@ -256,8 +513,13 @@ class RunStore:
             RunLockedError: Another process holds the lock.
             RunStoreError: ``samples.jsonl`` is corrupt before its last line.
         """
-        self.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path / self.LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        lock = self.path / self.LOCK
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            _require_file(lock, "the run's lock file")
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise store_error("create", lock, exc) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -268,15 +530,19 @@ class RunStore:
                 f"(pid {holder}); wait for it to finish, or set a different output.root"
             )
             raise RunLockedError(msg) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
         try:
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            except OSError as exc:
+                raise store_error("write", lock, exc) from exc
             self._repair_tail()
-            self._status = {r.id: r.status for r in self.records()}
-            previous = self.read_manifest() or {}
+            self._quarantine()
+            self._load_status()
+            previous = self._manifest_or_set_aside()
             self._session = int(previous.get("sessions", 0)) + 1
-            self._fh = open(self.samples_path, "a", encoding="utf-8")
+            self._open_samples()
         except BaseException:
             self.close()
             raise
@@ -284,9 +550,9 @@ class RunStore:
 
     def close(self) -> None:
         """Close the samples file and release the lock (idempotent)."""
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
         if self._lock_fd is not None:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             os.close(self._lock_fd)
@@ -302,6 +568,7 @@ class RunStore:
     def _repair_tail(self) -> None:
         """Drop an unterminated or unparsable last line left by a kill."""
         path = self.samples_path
+        _require_file(path, "the run's record file")
         if not path.exists():
             return
         data = path.read_bytes()
@@ -319,20 +586,27 @@ class RunStore:
             log.warning(
                 "dropped a torn last record (%d bytes) from %s", len(data) - keep, path
             )
-            with open(path, "r+b") as fh:
-                fh.truncate(keep)
-                fh.flush()
-                os.fsync(fh.fileno())
+            try:
+                with open(path, "r+b") as fh:
+                    fh.truncate(keep)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            except OSError as exc:
+                raise store_error("repair", path, exc) from exc
 
     def reset(self) -> None:
         """Delete every record, the manifest and the config (``output.overwrite``)."""
         self._require_open("reset")
-        if self._fh is not None:
-            self._fh.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
         for name in (self.SAMPLES, self.MANIFEST, self.CONFIG):
-            (self.path / name).unlink(missing_ok=True)
-        self._status, self._session = {}, 1
-        self._fh = open(self.samples_path, "a", encoding="utf-8")
+            try:
+                (self.path / name).unlink(missing_ok=True)
+            except OSError as exc:
+                raise store_error("delete", self.path / name, exc) from exc
+        self._status, self._attempts, self._session = {}, {}, 1
+        self._open_samples()
 
     def write_config(self, yaml_text: str) -> None:
         """Write the resolved config as YAML text (atomically)."""
@@ -355,11 +629,31 @@ class RunStore:
         _atomic_write(self.path / self.MANIFEST, text + "\n")
 
     def read_manifest(self) -> dict[str, Any] | None:
-        """Return the manifest dict, or None when there is none yet."""
+        """Return the manifest dict, or None when there is none yet.
+
+        Raises:
+            RunStoreError: The manifest is not a JSON object (naming the file).
+        """
         path = self.path / self.MANIFEST
         if not path.exists():
             return None
-        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        _require_file(path, "the run's manifest")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise store_error("read", path, exc) from exc
+        except ValueError as exc:  # UnicodeDecodeError included
+            msg = (
+                f"{path} is not valid JSON ({exc}); move it away and rerun the "
+                "config to rewrite it (its records are kept)"
+            )
+            raise RunStoreError(msg) from None
+        if not isinstance(data, dict):
+            msg = (
+                f"{path} holds a JSON {type(data).__name__}, not a manifest object; "
+                "move it away and rerun the config to rewrite it"
+            )
+            raise RunStoreError(msg)
         return data
 
     def completed_ids(self, *, include_errors: bool = True) -> set[str]:
@@ -378,40 +672,110 @@ class RunStore:
         if self._status.get(record.id) == "ok":
             msg = f"sample '{record.id}' is already recorded in {self.samples_path}"
             raise RunStoreError(msg)
-        assert self._fh is not None
-        self._fh.write(record.to_json() + "\n")
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        assert self._fd is not None
+        record.attempts = self._attempts.get(record.id, 0) + 1
+        size = os.fstat(self._fd).st_size
+        try:
+            _write_all(self._fd, (record.to_json() + "\n").encode("utf-8"))
+            os.fsync(self._fd)
+        except OSError as exc:
+            # Cut a partly written line so the store stays exactly as it was.
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, size)
+            raise store_error("write", self.samples_path, exc) from exc
         self._status[record.id] = record.status
+        self._attempts[record.id] = record.attempts
 
     def records(self, *, latest: bool = True) -> list[SampleRecord]:
         """Return the records in file order; a retried id keeps only its last record.
 
         An unterminated last line (a writer killed mid-line, or one still writing) is
-        skipped, never repaired, so reading is safe without the lock.
+        skipped, never repaired, so reading is safe without the lock. Lines that do
+        not fit the record schema are skipped with one warning; the next
+        :meth:`open` moves them to ``samples.quarantine.jsonl``.
 
         Raises:
-            RunStoreError: A line other than the last is not valid JSON.
+            RunStoreError: ``samples.jsonl`` is not a regular file.
+        """
+        records, invalid = read_samples(self.samples_path)
+        self.invalid_lines = invalid
+        if invalid:
+            log.warning(
+                "%s; skipped (they move to %s when the run is next opened)",
+                _invalid_summary(self.samples_path, invalid),
+                self.path / QUARANTINE,
+            )
+        if not latest:
+            return records
+        out: dict[str, SampleRecord] = {}
+        for record in records:
+            out.pop(record.id, None)
+            out[record.id] = record
+        return list(out.values())
+
+    # ------------------------------------------------------- repairs under the lock
+    def _open_samples(self) -> None:
+        try:
+            self._fd = os.open(
+                self.samples_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644
+            )
+        except OSError as exc:
+            raise store_error("open", self.samples_path, exc) from exc
+
+    def _load_status(self) -> None:
+        """Latest status and attempt count per id (old files count their lines)."""
+        self._status, self._attempts = {}, {}
+        for r in self.records(latest=False):
+            self._status[r.id] = r.status
+            self._attempts[r.id] = max(r.attempts, self._attempts.get(r.id, 0) + 1)
+
+    def _quarantine(self) -> None:
+        """Move lines that are not valid records to the quarantine side file.
+
+        They are kept, with their line number and the reason, so nothing is lost;
+        ``samples.jsonl`` is rewritten atomically without them.
         """
         path = self.samples_path
-        if not path.exists():
-            return []
+        _, invalid = read_samples(path)
+        if not invalid:
+            return
+        side = self.path / QUARANTINE
+        stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        entries = "".join(
+            json.dumps(
+                {"line": b.number, "reason": b.reason, "text": b.text, "moved": stamp},
+                ensure_ascii=False,
+            )
+            + "\n"
+            for b in invalid
+        )
+        bad = {b.number for b in invalid}
         lines = path.read_bytes().split(b"\n")
-        complete, tail = lines[:-1], lines[-1]
-        out: dict[str, SampleRecord] | list[SampleRecord] = {} if latest else []
-        for number, line in enumerate(complete, start=1):
-            if not line.strip():
-                continue
+        kept = b"".join(
+            line + b"\n"
+            for number, line in enumerate(lines[:-1], start=1)
+            if number not in bad
+        )
+        try:
+            with open(side, "a", encoding="utf-8") as fh:
+                fh.write(entries)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            raise store_error("write", side, exc) from exc
+        _atomic_write_bytes(path, kept + lines[-1])
+        log.warning("%s; moved them to %s", _invalid_summary(path, invalid), side)
+
+    def _manifest_or_set_aside(self) -> dict[str, Any]:
+        """Return the previous manifest; a corrupt one is renamed, not trusted."""
+        try:
+            return self.read_manifest() or {}
+        except RunStoreError as exc:
+            path = self.path / self.MANIFEST
+            aside = path.with_name(path.name + ".corrupt")
             try:
-                record = SampleRecord.from_dict(json.loads(line.decode("utf-8")))
-            except (ValueError, TypeError) as exc:  # UnicodeDecodeError included
-                if number == len(complete) and not tail:
-                    continue  # a torn last line that happened to end in a newline
-                msg = f"{path}:{number} is not a valid record ({exc}); fix or delete it"
-                raise RunStoreError(msg) from exc
-            if isinstance(out, dict):
-                out.pop(record.id, None)
-                out[record.id] = record
-            else:
-                out.append(record)
-        return list(out.values()) if isinstance(out, dict) else out
+                os.replace(path, aside)
+            except OSError as err:
+                raise store_error("move", path, err) from err
+            log.warning("%s; kept it as %s and write a new one", exc, aside)
+            return {}

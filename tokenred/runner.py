@@ -36,7 +36,7 @@ from tokenred.featcache import CachedVideo, FeatureCache, cache_key
 from tokenred.measure import Timer, measure_repeats, reset_peak, sample_flops
 from tokenred.measure.flops import equivalent_tokens
 from tokenred.measure.latency import summarize
-from tokenred.results import RunManifest, RunStore, SampleRecord
+from tokenred.results import RunManifest, RunStore, SampleRecord, write_json
 
 if TYPE_CHECKING:
     from tokenred.adapter import Generation, ModelAdapter, PrefillResult
@@ -468,8 +468,6 @@ def write_metrics(store: RunStore, dataset: VideoDataset) -> dict[str, float]:
     differ, e.g. per task type, per duration, all-four-tries), so every reducer's
     run is scored by exactly the same rules.
     """
-    import json
-
     rows = [
         {
             "id": r.id,
@@ -481,10 +479,7 @@ def write_metrics(store: RunStore, dataset: VideoDataset) -> dict[str, float]:
         for r in store.records()
     ]
     metrics = {k: float(v) for k, v in dataset.aggregate(rows).items()}
-    path = store.path / METRICS_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True), encoding="utf-8")
-    tmp.replace(path)
+    write_json(store.path / METRICS_FILE, metrics)  # strict JSON: NaN -> null
     return metrics
 
 
@@ -523,7 +518,7 @@ def _run_samples(
             video = source.get(sample)
             record = runner.record(sample, video, runner.answer(video, sample))
         except DataError as exc:
-            record = SampleRecord.failed(sample.id, sample.video_id, exc)
+            record = SampleRecord.failed(sample.id, sample.video_id, exc, sample.meta)
             log.warning("sample %s: %s", sample.id, record.error)
         if record.status == "ok" and reuse_k:
             reuse_groups.setdefault(sample.video_id, []).append((sample, video))
@@ -724,7 +719,7 @@ def preflight(cfg: ExperimentConfig, registries: Registries) -> SampleRunner:
     adapter = create_adapter(registries.models, cfg.model)
     dataset = registries.datasets.get(cfg.data.name)(cfg.data)
     runner = SampleRunner(
-        cfg, adapter, dataset, reducer, origin=entry.origin(), device="cpu"
+        cfg, adapter, dataset, reducer, origin=entry.label(), device="cpu"
     )
     plan = runner.plan("", None)
     if plan is not None:

@@ -41,7 +41,13 @@ from tokenred.builtin.synthetic_render import (
     render,
 )
 from tokenred.data import DataConfig, FrameSampling, Sample, VideoDataset, scored_rows
-from tokenred.datasets._common import ANSWER_CUE, INSTRUCTION, Record, build_prompt
+from tokenred.datasets._common import (
+    ANSWER_CUE,
+    INSTRUCTION,
+    Record,
+    build_prompt,
+    read_json,
+)
 from tokenred.errors import ConfigError
 from tokenred.scoring import grouped_accuracy, letter_list, meta_of, option_letters
 from tokenred.video import write_video
@@ -186,7 +192,7 @@ class SyntheticDataset(VideoDataset):
         n = self.num_videos()
         ensure_split(self.root, self.cfg, self.cfg.split, n)
         path = self.annotation_path()
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_json(path, self.name)
         out = []
         for i, raw in enumerate(data[:n]):
             rec = Record(raw, path, i, "question_id")
@@ -283,7 +289,7 @@ def _complete(root: Path, path: Path, n: int) -> bool:
         return False
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):  # unreadable, not UTF-8 or not JSON: regenerate
         return False
     if not isinstance(data, list) or len(data) < n:
         return False

@@ -65,14 +65,44 @@ def read_json(path: Path, dataset: str) -> Any:
             f"dataset directory (layout: docs/datasets.md#{dataset})"
         )
         raise DataError(msg)
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         if path.suffix == ".jsonl":
             return _read_jsonl(path, text)
         msg = f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+        if path.suffix.lower() == ".csv":
+            msg = (
+                f"{path}: is a CSV file; the {dataset} loader reads JSON annotations "
+                "here (see docs/datasets.md for the formats it accepts)"
+            )
         raise DataError(msg) from exc
+
+
+def read_text(path: Path) -> str:
+    """Read an annotation file as UTF-8 text.
+
+    Raises:
+        DataError: Naming the file, the byte offset and line of a non-UTF-8 byte,
+            or why the file cannot be read.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        msg = f"{path}: cannot read the annotation file: {exc.strerror or exc}"
+        raise DataError(msg) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        msg = (
+            f"{path}: not UTF-8 text: byte 0x{data[exc.start]:02x} at offset "
+            f"{exc.start} (line {line}); re-save the file as UTF-8 (e.g. iconv -f "
+            f"latin1 -t utf-8)"
+        )
+        raise DataError(msg) from None
+    return text.removeprefix("\ufeff")  # a UTF-8 byte-order mark is harmless
 
 
 def _read_jsonl(path: Path, text: str) -> list[Any]:
@@ -107,7 +137,7 @@ class Record:
             self.data: Mapping[str, Any] = {}
             self.fail("", f"must be a JSON object, got {type(data).__name__}")
         self.data = data
-        rid = data.get(id_field)
+        rid = data.get(id_field) or data.get("id")
         self.where = f"record {index}" + (f" ({id_field}={rid!r})" if rid else "")
 
     def fail(self, field: str, problem: str) -> None:
@@ -315,13 +345,17 @@ class JsonBenchmark(VideoDataset):
     def load(self) -> list[Sample]:
         """Read the annotation file and build one sample per record."""
         path = self.annotation_path()
-        records = record_list(read_json(path, self.name), path)
+        records = self.read_records(path)
         cfg: Any = self.config
         locator = VideoLocator(self.root / getattr(cfg, "video_dir", "videos"))
         return [
             self.make_sample(Record(r, path, i, self.id_field), locator)
             for i, r in enumerate(records)
         ]
+
+    def read_records(self, path: Path) -> list[Any]:
+        """Return the raw records of an annotation file (override for other formats)."""
+        return record_list(read_json(path, self.name), path)
 
     def make_sample(self, rec: Record, locator: VideoLocator) -> Sample:
         """Turn one validated record into a :class:`Sample`."""

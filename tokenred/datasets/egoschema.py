@@ -69,7 +69,16 @@ class EgoSchema(JsonBenchmark):
                     "({q_uid: answer index}); download it from the EgoSchema release"
                 )
                 raise DataError(msg)
-            samples = [s for s in samples if s.id in self._subset]
+            picked = [s for s in samples if s.id in self._subset]
+            if not picked:
+                msg = (
+                    f"egoschema: none of the {len(self._subset)} q_uids of "
+                    f"{self.root / SUBSET_FILE} is among the {len(samples)} "
+                    f"questions of {self.annotation_path()}; use files from the same "
+                    "EgoSchema release"
+                )
+                raise DataError(msg)
+            samples = picked
         return samples
 
     def _read_subset(self) -> dict[str, int]:

@@ -1,18 +1,29 @@
 """LongVideoBench loader (val with answers; test without).
 
-Layout: ``<root>/annotations/lvb_val_v2.json`` (or ``lvb_test_v2.json``), records
-with 3 to 6 plain option texts and an integer answer index, and
-``<root>/videos/<videoID>.mp4``. Subtitles are not used (as in the paper).
+Layout: ``<root>/annotations/lvb_val_v2.json`` (or ``lvb_test_v2.json``; STTM's
+converted files: ``question_id``, ``videoID``, ``options``, ``answer`` index,
+``duration`` group, ``task_type``) or the official ``lvb_val.json`` /
+``lvb_test_wo_gt.json`` (``id``, ``video_id``/``video_path``, ``candidates``,
+``correct_choice``, ``duration_group``, ``question_category``), in ``<root>`` or
+``<root>/annotations``; videos in ``<root>/videos/``. Subtitles are not used (as in
+the paper).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
-from tokenred.data import scored_rows
-from tokenred.datasets._common import BenchmarkConfig, JsonBenchmark
+from tokenred.data import Sample, scored_rows
+from tokenred.datasets._common import (
+    BenchmarkConfig,
+    JsonBenchmark,
+    Record,
+    VideoLocator,
+    build_prompt,
+)
 from tokenred.scoring import grouped_accuracy, meta_of, slug
 
 
@@ -33,14 +44,52 @@ class LongVideoBench(JsonBenchmark):
     Config = LongVideoBenchConfig
     homepage = "https://longvideobench.github.io"
     splits: ClassVar[Mapping[str, tuple[str, ...]]] = {
-        "val": ("annotations/lvb_val_v2.json",),
-        "test": ("annotations/lvb_test_v2.json",),
+        "val": (
+            "annotations/lvb_val_v2.json",
+            "annotations/lvb_val.json",
+            "lvb_val.json",
+        ),
+        "test": (
+            "annotations/lvb_test_v2.json",
+            "annotations/lvb_test_wo_gt.json",
+            "lvb_test_wo_gt.json",
+        ),
     }
     video_field = "videoID"
 
     def answer_required(self) -> bool:
         """The test split ships without answers."""
         return self.config.split != "test"
+
+    def make_sample(self, rec: Record, locator: VideoLocator) -> Sample:
+        """Read a converted record, or an official one (it has ``candidates``)."""
+        if not rec.has("candidates"):
+            return super().make_sample(rec, locator)
+        qid = rec.text("id")
+        if rec.has("video_path"):
+            video_id = Path(rec.text("video_path")).stem
+        else:
+            video_id = rec.text("video_id")
+        question = rec.text("question")
+        options = rec.options("candidates")
+        answer = rec.letter(
+            "correct_choice", len(options), required=self.answer_required()
+        )
+        meta: dict[str, Any] = {}
+        if rec.has("duration_group"):
+            meta["duration"] = rec.data["duration_group"]
+        if rec.has("question_category"):
+            meta["task"] = rec.data["question_category"]
+        return Sample(
+            id=qid,
+            video_id=video_id,
+            video=str(locator.path(video_id)),
+            question=question,
+            options=options,
+            answer=answer,
+            prompt=build_prompt(question, options),
+            meta=meta,
+        )
 
     def aggregate(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
         """Add ``lvb/duration_<s>`` and ``lvb/task/<type>``."""

@@ -8,14 +8,19 @@ Layout: ``<root>/annotations/VNBench-main-4try_v2.json`` (options written
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from tokenred.data import FrameSampling, scored_rows
+from tokenred.data import FrameSampling, Sample, scored_rows
 from tokenred.datasets._common import BenchmarkConfig, JsonBenchmark, Record
 from tokenred.scoring import all_correct_accuracy, grouped_accuracy, meta_of
+
+log = logging.getLogger(__name__)
 
 _TRY_SUFFIX = re.compile(r"_try\d+$")
 
@@ -55,14 +60,53 @@ class VNBench(JsonBenchmark):
         out["group"] = _TRY_SUFFIX.sub("", rec.text(self.id_field))
         return out
 
+    def load(self) -> list[Sample]:
+        """Read the records; ``meta.group_size`` is the number of tries per question."""
+        samples = super().load()
+        sizes = Counter(s.meta["group"] for s in samples)
+        return [
+            dataclasses.replace(
+                s, meta={**s.meta, "group_size": sizes[s.meta["group"]]}
+            )
+            for s in samples
+        ]
+
+    def select(self, samples: Sequence[Sample]) -> list[Sample]:
+        """Select as usual, and warn when the selection cuts a question's tries."""
+        chosen = super().select(samples)
+        cut = _incomplete(chosen)
+        if cut:
+            group, have, size = cut[0]
+            log.warning(
+                "vnbench: the selection keeps only some tries of %d question(s), e.g. "
+                "'%s' (%d of %d); they are left out of vnbench/all4 (per-try accuracy "
+                "counts them); use a data.limit that is a multiple of 4",
+                len(cut),
+                group,
+                have,
+                size,
+            )
+        return chosen
+
     def aggregate(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
         """Add ``vnbench/all4`` (official), per-try and per-category accuracies.
 
         Categories are the task-type prefixes (``ret``, ``ord``, ``cnt``), reported as
-        ``vnbench/per_try/<cat>`` and ``vnbench/all4/<cat>``.
+        ``vnbench/per_try/<cat>`` and ``vnbench/all4/<cat>``. A question whose tries
+        are not all in ``rows`` (a ``data.limit`` cut its group) cannot be all-correct
+        or not: it is left out of the all-four-tries scores and counted in
+        ``vnbench/all4_incomplete``.
         """
         out = super().aggregate(rows)
         scored = scored_rows(rows)
+        cut = {g for g, _, _ in _incomplete(rows)}
+        out["vnbench/all4_incomplete"] = float(len(cut))
+        if cut:
+            log.warning(
+                "vnbench: %d question(s) lack some of their tries and are left out of "
+                "vnbench/all4",
+                len(cut),
+            )
 
         def group(r: Mapping[str, Any]) -> Any:
             return meta_of(r).get("group", r.get("id"))
@@ -71,11 +115,32 @@ class VNBench(JsonBenchmark):
             task = meta_of(r).get("task")
             return str(task).split("_")[0] if task is not None else None
 
-        out["vnbench/all4"] = all_correct_accuracy(scored, group)
+        complete = [r for r in scored if group(r) not in cut]
+        out["vnbench/all4"] = all_correct_accuracy(complete, group)
         for k, v in grouped_accuracy(scored, lambda r: meta_of(r).get("try")).items():
             out[f"vnbench/try{k}"] = v
         for k, v in grouped_accuracy(scored, category).items():
             out[f"vnbench/per_try/{k}"] = v
-            rows_k = [r for r in scored if category(r) == k]
-            out[f"vnbench/all4/{k}"] = all_correct_accuracy(rows_k, group)
+            rows_k = [r for r in complete if category(r) == k]
+            if rows_k:  # empty when the selection cut every question of k
+                out[f"vnbench/all4/{k}"] = all_correct_accuracy(rows_k, group)
         return out
+
+
+def _incomplete(rows: Sequence[Any]) -> list[tuple[str, int, int]]:
+    """Return ``(group, tries present, tries in the file)`` of cut groups.
+
+    Accepts samples or result rows (both carry ``meta``); rows written before
+    ``group_size`` existed count as complete.
+    """
+    counts: Counter[str] = Counter()
+    sizes: dict[str, int] = {}
+    for r in rows:
+        meta = r.meta if isinstance(r, Sample) else meta_of(r)
+        size = meta.get("group_size")
+        if size is None:
+            continue
+        group = str(meta.get("group"))
+        counts[group] += 1
+        sizes[group] = int(size)
+    return [(g, counts[g], sizes[g]) for g in counts if counts[g] < sizes[g]]

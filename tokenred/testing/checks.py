@@ -155,6 +155,25 @@ def check_budget(red: TokenReducer, *, device: str, dtype: torch.dtype) -> str |
 
 
 @check
+def check_finite(red: TokenReducer, *, device: str, dtype: torch.dtype) -> str | None:
+    """Check every output value is finite.
+
+    Output features, coords and sizes hold no NaN or Inf for finite inputs (the
+    framework rejects such a result at run time).
+    """
+    for case in _reducing_cases(device, dtype):
+        _, out = _run(red, case)
+        for what, t in (
+            ("features", out.tokens.features),
+            ("coords", out.tokens.coords),
+            ("sizes", out.tokens.sizes),
+        ):
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise _fail(red, f"output {what} contain NaN or Inf", case)
+    return None
+
+
+@check
 def check_full_budget_identity(
     red: TokenReducer, *, device: str, dtype: torch.dtype
 ) -> str | None:
@@ -482,6 +501,7 @@ def check_metadata(red: TokenReducer, *, device: str, dtype: torch.dtype) -> str
 CHECKS: tuple[Check, ...] = (
     check_types,
     check_budget,
+    check_finite,
     check_full_budget_identity,
     check_assignment,
     check_sizes_conserved,
