@@ -50,6 +50,7 @@ import os
 import sys
 import tempfile
 import time
+import traceback
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -60,6 +61,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -274,30 +276,118 @@ class SyncLog:
 _SYNC_TEXT = "synchronizing CUDA operation"
 
 
-@contextmanager
-def count_syncs(enabled: bool) -> Iterator[tuple[list[Any], SyncLog]]:
-    """Record every synchronising CUDA call in the body (``set_sync_debug_mode``).
+# aten ops that make the host wait for the device on CUDA: a value read back
+# (item/int/bool/float, equal), or an output size that depends on the data.
+_SYNC_OPS = frozenset(
+    {
+        "aten._local_scalar_dense",
+        "aten.item",  # seen instead of the above under inference_mode
+        "aten.is_nonzero",  # bool(tensor) under inference_mode
+        "aten.allclose",
+        "aten.nonzero",
+        "aten.nonzero_numpy",
+        "aten.argwhere",
+        "aten.masked_select",
+        "aten._unique",
+        "aten._unique2",
+        "aten.unique_dim",
+        "aten.unique_consecutive",
+        "aten.equal",
+    }
+)
+_MASK_INDEX_OPS = frozenset({"aten.index", "aten.index_put", "aten.index_put_"})
 
-    PyTorch warns once per call in ``"warn"`` mode; the warnings are recorded with
-    ``simplefilter("always")`` so repeats at one line all count. Yields the raw
-    warning list (the reducer phase marks its slice of it) and the log filled on
-    exit.
+
+@dataclass
+class _Hit:
+    """A sync-prone op seen on CPU, shaped like a caught warning."""
+
+    filename: str
+    lineno: int
+    message: str
+
+
+def _sync_prone(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    name = str(func.overloadpacket)
+    if name in _SYNC_OPS:
+        return True
+    if name == "aten.repeat_interleave":
+        # Tensor repeats size the output from their values; an int does not.
+        return func._overloadname != "self_int" and kwargs.get("output_size") is None
+    if name in _MASK_INDEX_OPS and len(args) > 1:
+        # Boolean-mask indexing runs a nonzero to size its output.
+        return any(
+            isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8)
+            for i in (args[1] or ())
+        )
+    return False
+
+
+def _caller() -> tuple[str, int]:
+    """Return the innermost frame outside torch and this script."""
+    skip = (str(Path(torch.__file__).parent), str(Path(__file__).resolve()))
+    for frame in reversed(traceback.extract_stack()):
+        if not frame.filename.startswith(skip):
+            return frame.filename, frame.lineno or 0
+    return "?", 0
+
+
+class _SyncProneOps(TorchDispatchMode):
+    """Record aten ops that would synchronise on CUDA (the CPU proxy)."""
+
+    def __init__(self, hits: list[Any]) -> None:
+        super().__init__()
+        self.hits = hits
+
+    def __torch_dispatch__(
+        self,
+        func: Any,
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        kwargs = kwargs or {}
+        if _sync_prone(func, args, kwargs):
+            filename, lineno = _caller()
+            text = f"{func.overloadpacket} ({_SYNC_TEXT} on CUDA)"
+            self.hits.append(_Hit(filename, lineno, text))
+        return func(*args, **kwargs)
+
+
+@contextmanager
+def count_syncs(method: str | None) -> Iterator[tuple[list[Any], SyncLog]]:
+    """Record the host-device synchronisations of the body.
+
+    ``"cuda"``: every synchronising CUDA call, via ``set_sync_debug_mode("warn")``
+    (PyTorch warns once per call; ``simplefilter("always")`` keeps repeats at one
+    line). ``"cpu_proxy"``: on CPU nothing synchronises, so the aten ops that would
+    on CUDA (scalar reads, ``nonzero``, boolean-mask indexing, ``unique``,
+    ``equal``, ``repeat_interleave`` without ``output_size``) are recorded with a
+    dispatch mode; host-to-device copies cannot be seen this way. ``None``: off.
+    Yields the raw record list (the reducer phase marks its slice of it) and the
+    log filled on exit.
     """
     log = SyncLog()
-    if not enabled:
+    if method is None:
         yield [], log
         return
-    previous = torch.cuda.get_sync_debug_mode()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            yield caught, log
-        finally:
-            torch.cuda.set_sync_debug_mode(previous)
-    hits = [w for w in caught if _SYNC_TEXT in str(w.message)]
-    log.total = len(hits)
-    log.sites.update(f"{_short(w.filename)}:{w.lineno}" for w in hits)
+    if method == "cpu_proxy":
+        hits: list[Any] = []
+        with _SyncProneOps(hits):
+            yield hits, log
+        caught: list[Any] = hits
+    else:
+        previous = torch.cuda.get_sync_debug_mode()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                yield caught, log
+            finally:
+                torch.cuda.set_sync_debug_mode(previous)
+    found = [w for w in caught if _SYNC_TEXT in str(w.message)]
+    log.total = len(found)
+    log.sites.update(f"{_short(w.filename)}:{w.lineno}" for w in found)
 
 
 def _short(filename: str) -> str:
@@ -450,7 +540,8 @@ def measure_case(
         else None  # CPU RSS includes the whole process; no baseline to subtract
     )
     probe = reset_peak(adapter.device)
-    with count_syncs(cuda) as (caught, syncs), MaskWatch(adapter.layers) as masks:
+    method = "cuda" if cuda else "cpu_proxy"
+    with count_syncs(method) as (caught, syncs), MaskWatch(adapter.layers) as masks:
         if plan is not None:
             plan.timer = _ReducerMarks(None, caught, syncs)
         with sdpa_context(sdpa):
@@ -481,9 +572,9 @@ def measure_case(
             "above_start_bytes": peak - before if before is not None else None,
         },
         "syncs": {
-            "counted": cuda,
-            "prefill": syncs.total if cuda else None,
-            "reducer": syncs.reducer if (cuda and plan is not None) else None,
+            "method": "cuda_sync_debug" if cuda else "cpu_proxy",
+            "prefill": syncs.total,
+            "reducer": syncs.reducer if plan is not None else None,
             "sites": dict(syncs.sites.most_common()),
             "reducer_sites": dict(syncs.reducer_sites.most_common()),
         },
@@ -626,7 +717,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "speedup": "unreduced median TTFT / case median TTFT (same frames)",
             "speedup_range": "[unreduced min / case max, unreduced max / case min]",
             "flops": "analytic prefill FLOPs from the per-layer schedule (causal)",
-            "syncs": "torch.cuda.set_sync_debug_mode('warn') during one untimed pass",
+            "syncs": "one untimed pass; CUDA: set_sync_debug_mode('warn'); CPU: "
+            "aten ops that would synchronise on CUDA (proxy, no H2D copies)",
             "inputs": "synthetic projected features (sttm_speed.synthetic_video)",
             "max_minutes": args.max_minutes,
         },
@@ -774,11 +866,8 @@ def markdown(doc: dict[str, Any]) -> str:
             else f"{red['median']:.2f} ± {red['iqr']:.2f} ({r['reducer_share']:.1%})"
         )
         s = r["syncs"]
-        sync_txt = (
-            "n/a (CPU)"
-            if not s["counted"]
-            else f"{_fmt(s['reducer'], 'd', '-')} / {s['prefill']}"
-        )
+        proxy = " (CPU proxy)" if s["method"] == "cpu_proxy" else ""
+        sync_txt = f"{_fmt(s['reducer'], 'd', '-')} / {s['prefill']}{proxy}"
         lines.append(
             f"{head} {r['n_visual_in']} → {r['n_visual_out']} | "
             f"{t['median']:.1f} ± {t['iqr']:.1f} | {speed} | {ideal} | {red_txt} | "

@@ -106,6 +106,9 @@ def test_reduced_rows_carry_speedups_flops_memory_and_syncs(
     rows = _rows(smoke)
     base = rows[("none", "none", 1.0)]
     assert base["speedup"] == pytest.approx(1.0)
+    # The unreduced prefill has no sync-prone op; random's CPU draw has none either.
+    assert base["syncs"]["prefill"] == 0 and base["syncs"]["reducer"] is None
+    assert rows[("random", "in_llm", 0.5)]["syncs"]["reducer"] == 0
     assert base["flops_ideal_speedup"] == pytest.approx(1.0)
     for (name, stage, budget), row in rows.items():
         if name == "none" or row["status"] != "ok":
@@ -120,14 +123,12 @@ def test_reduced_rows_carry_speedups_flops_memory_and_syncs(
         assert 0.0 < row["reducer_share"] < 1.0
         assert 0.0 < row["kv_cache_ratio"] < 1.0
         assert row["peak_memory"]["peak_bytes"] > 0
-        # Host syncs are counted on CUDA only; CPU says "not measured".
-        assert row["syncs"] == {
-            "counted": False,
-            "prefill": None,
-            "reducer": None,
-            "sites": {},
-            "reducer_sites": {},
-        }
+        # On CPU the sync count is the proxy: ops that would synchronise on CUDA.
+        syncs = row["syncs"]
+        assert syncs["method"] == "cpu_proxy"
+        assert 0 <= syncs["reducer"] <= syncs["prefill"]
+        assert sum(syncs["sites"].values()) == syncs["prefill"]
+        assert sum(syncs["reducer_sites"].values()) == syncs["reducer"]
         # No decoder layer may get an explicit mask: CUDA flash would refuse it.
         assert row["attention_mask_seen"] is False
         if stage == "in_llm":
@@ -144,6 +145,18 @@ def test_markdown_has_one_line_per_case_and_the_paper_reference(
     assert len(table) == len(smoke["cases"])
     assert "2.07x" in md and "3.02x" in md
     assert "CPU, smoke test only" in md
+
+
+def test_cpu_proxy_counts_scalar_reads_masks_and_unique(suite: Any) -> None:
+    x = torch.arange(6.0)
+    with torch.inference_mode(), suite.count_syncs("cpu_proxy") as (_, log):
+        float(x.sum())  # a scalar read
+        x[x > 2].sum()  # boolean-mask indexing
+        torch.unique(x)
+        x.repeat_interleave(2)  # int repeats: the output size is known
+        torch.cumsum(x, 0)
+    assert log.total == 3
+    assert all(site.startswith("tests/test_gpu_suite.py:") for site in log.sites)
 
 
 def test_time_budget_skips_and_records_the_remaining_cases(
@@ -183,7 +196,32 @@ def test_default_reducers_are_the_first_party_ones(suite: Any) -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_sync_counter_counts_item_calls_on_cuda(suite: Any) -> None:
     x = torch.ones(4, device="cuda")
-    with suite.count_syncs(True) as (_, log):
+    with suite.count_syncs("cuda") as (_, log):
         float(x.sum().item())
         float(x.max().item())
     assert log.total == 2
+
+
+def test_7b_layout_builds_on_the_meta_device(suite: Any, tmp_path: Path) -> None:
+    """The GPU run's checkpoint: Qwen2-7B + SigLIP, 196 tokens per frame.
+
+    Built on the meta device (shapes only, no memory), so a config typo shows up
+    here rather than after a device machine has started.
+    """
+    import math
+
+    import transformers
+
+    path = suite.write_checkpoint(tmp_path, suite.LAYOUTS["llava_video_7b"])
+    cfg = transformers.AutoConfig.from_pretrained(str(path))
+    with torch.device("meta"):
+        model = transformers.LlavaOnevisionForConditionalGeneration._from_config(
+            cfg, dtype=torch.bfloat16, attn_implementation="sdpa"
+        )
+    llm = sum(p.numel() for p in model.model.language_model.parameters())
+    llm += sum(p.numel() for p in model.lm_head.parameters())
+    assert llm == pytest.approx(7.62e9, rel=0.01)  # Qwen2-7B
+    vc = cfg.vision_config
+    side = math.ceil((vc.image_size // vc.patch_size) / 2)
+    assert 64 * side * side == 12544  # the paper's 64-frame token count
+    assert cfg.text_config.rope_parameters["rope_theta"] == 1e6
