@@ -79,6 +79,7 @@ def test_header_records_device_versions_and_model(smoke: dict[str, Any]) -> None
     model = smoke["model"]
     assert model["layout"] == "tiny" and model["random_weights"] is True
     assert model["parameters"] > 0
+    assert model["init_on_device"] is True and model["init_error"] is None
     assert smoke["protocol"]["repeats"] == 2
 
 
