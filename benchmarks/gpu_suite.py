@@ -359,7 +359,9 @@ def count_syncs(method: str | None) -> Iterator[tuple[list[Any], SyncLog]]:
     line). ``"cpu_proxy"``: on CPU nothing synchronises, so the aten ops that would
     on CUDA (scalar reads, ``nonzero``, boolean-mask indexing, ``unique``,
     ``equal``, ``repeat_interleave`` without ``output_size``) are recorded with a
-    dispatch mode; host-to-device copies cannot be seen this way. ``None``: off.
+    dispatch mode. Reads that dispatch no op on a CPU tensor (``tolist``,
+    ``numpy``, ``cpu``) and host-to-device copies cannot be seen this way, so the
+    proxy is a lower bound. ``None``: off.
     Yields the raw record list (the reducer phase marks its slice of it) and the
     log filled on exit.
     """
@@ -714,7 +716,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "speedup_range": "[unreduced min / case max, unreduced max / case min]",
             "flops": "analytic prefill FLOPs from the per-layer schedule (causal)",
             "syncs": "one untimed pass; CUDA: set_sync_debug_mode('warn'); CPU: "
-            "aten ops that would synchronise on CUDA (proxy, no H2D copies)",
+            "aten ops that would synchronise on CUDA (a lower bound: no tolist, "
+            "no host-to-device copies)",
             "inputs": "synthetic projected features (sttm_speed.synthetic_video)",
             "max_minutes": args.max_minutes,
         },
