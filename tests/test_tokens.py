@@ -155,3 +155,35 @@ def test_validate_reduction_budget_and_order():
     )
     with pytest.raises(ContractError, match="not ordered by their earliest source"):
         validate_reduction(tok, swapped, budget=3)
+
+
+def _naive_from_assignment(tok, assignment):
+    """Boolean-compaction formulation of from_assignment (size-weighted means)."""
+    kept = assignment >= 0
+    labels = torch.unique(assignment[kept])
+    groups = [torch.nonzero(assignment == lab).squeeze(1) for lab in labels]
+    groups.sort(key=lambda g: int(g.min()))
+    final = torch.full_like(assignment, -1)
+    feats, sizes = [], []
+    for i, g in enumerate(groups):
+        final[g] = i
+        s = tok.sizes[g]
+        feats.append((tok.features[g] * s[:, None]).sum(0) / s.sum())
+        sizes.append(s.sum())
+    return final, torch.stack(feats), torch.stack(sizes)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_from_assignment_matches_the_naive_grouping_with_drops(seed):
+    gen = torch.Generator().manual_seed(seed)
+    tok = grid_tokens(t=3, h=4, w=4, c=8)
+    n = tok.n
+    assignment = torch.randint(-1, 9, (n,), generator=gen) * 1000  # sparse labels
+    assignment[assignment < 0] = -1
+    assignment[0] = 5000  # at least one kept token
+    red = Reduction.from_assignment(tok, assignment)
+    final, feats, sizes = _naive_from_assignment(tok, assignment)
+    assert torch.equal(red.assignment, final)
+    assert torch.allclose(red.tokens.features, feats, atol=1e-5)
+    assert torch.allclose(red.tokens.sizes, sizes)
+    validate_reduction(tok, red, budget=red.n_out)

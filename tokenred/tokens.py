@@ -184,12 +184,18 @@ class ReduceContext:
 
 
 def _group_earliest(assignment: Tensor, n_out: int) -> Tensor:
-    """Return ``[n_out]`` the smallest input index mapped to each output."""
+    """Return ``[n_out]`` the smallest input index mapped to each output.
+
+    Dropped inputs (-1) and out-of-range labels go to an extra bucket that is cut
+    off, so no boolean compaction makes the host wait for the device.
+    """
     n_in = assignment.shape[0]
-    idx = torch.arange(n_in, device=assignment.device)
-    kept = assignment >= 0
-    first = torch.full((n_out,), n_in, dtype=torch.long, device=assignment.device)
-    return first.scatter_reduce(0, assignment[kept], idx[kept], reduce="amin")
+    dev = assignment.device
+    idx = torch.arange(n_in, device=dev)
+    valid = (assignment >= 0) & (assignment < n_out)
+    bucket = torch.where(valid, assignment, n_out)
+    first = torch.full((n_out + 1,), n_in, dtype=torch.long, device=dev)
+    return first.scatter_reduce(0, bucket, idx, reduce="amin")[:n_out]
 
 
 @dataclass(frozen=True)
@@ -275,38 +281,50 @@ class Reduction:
             info: Diagnostics.
         """
         assignment = assignment.to(device=tokens.device, dtype=torch.long)
+        dev, n_in = tokens.device, assignment.shape[0]
         kept = assignment >= 0
-        labels, inverse = torch.unique(assignment[kept], return_inverse=True)
-        n_out = int(labels.shape[0])
-        dense = torch.full_like(assignment, -1)
-        dense[kept] = inverse
+        # Dropped inputs get a sentinel label above every real one, and one extra
+        # sentinel is appended, so the sentinel is always the last distinct label:
+        # unique's output size (the output count) is the only host sync, and
+        # dropped rows land in an extra bucket ``n_out`` that is cut off below
+        # instead of being compacted away with boolean indexing.
+        sentinel = torch.iinfo(torch.long).max
+        padded = torch.cat(
+            [
+                torch.where(kept, assignment, sentinel),
+                assignment.new_full((1,), sentinel),
+            ]
+        )
+        labels, inverse = torch.unique(padded, return_inverse=True)
+        n_out = int(labels.shape[0]) - 1
+        dense = torch.where(kept, inverse[:n_in], -1)
         # Renumber groups by earliest source so outputs are in sequence order.
         earliest = _group_earliest(dense, n_out)
         order = torch.argsort(earliest)
-        rank = torch.empty_like(order)
-        rank[order] = torch.arange(n_out, device=order.device)
-        final = torch.full_like(assignment, -1)
-        final[kept] = rank[dense[kept]]
+        rank = torch.empty(n_out + 1, dtype=torch.long, device=dev)
+        rank[order] = torch.arange(n_out, device=dev)
+        rank[n_out] = -1
+        final = rank[inverse[:n_in]]  # [N_in]; the sentinel maps to -1
 
-        src = final[kept]
-        sizes_in = tokens.sizes[kept]
-        sizes = torch.zeros(n_out, dtype=torch.float32, device=tokens.device)
-        sizes = sizes.index_add(0, src, sizes_in)
-        coords = torch.zeros(n_out, 3, dtype=torch.float32, device=tokens.device)
-        coords = coords.index_add(0, src, tokens.coords[kept] * sizes_in[:, None])
+        src = torch.where(kept, final, n_out)  # dropped rows -> bucket n_out
+        sizes_in = torch.where(kept, tokens.sizes.to(torch.float32), 0.0)
+        sizes = torch.zeros(n_out + 1, dtype=torch.float32, device=dev)
+        sizes = sizes.index_add(0, src, sizes_in)[:n_out]
+        coords = torch.zeros(n_out + 1, 3, dtype=torch.float32, device=dev)
+        coords = coords.index_add(0, src, tokens.coords * sizes_in[:, None])[:n_out]
         coords = coords / sizes[:, None]
         if features is not None:
             feats = features.index_select(0, order.to(features.device))
         else:
-            weight = sizes_in if mean == "size" else torch.ones_like(sizes_in)
-            denom = torch.zeros(n_out, dtype=torch.float32, device=tokens.device)
-            denom = denom.index_add(0, src, weight)
+            weight = sizes_in if mean == "size" else kept.to(torch.float32)
+            denom = torch.zeros(n_out + 1, dtype=torch.float32, device=dev)
+            denom = denom.index_add(0, src, weight)[:n_out]
             acc = torch.zeros(
-                n_out, tokens.channels, dtype=torch.float32, device=tokens.device
+                n_out + 1, tokens.channels, dtype=torch.float32, device=dev
             )
             acc = acc.index_add(
-                0, src, tokens.features[kept].to(torch.float32) * weight[:, None]
-            )
+                0, src, tokens.features.to(torch.float32) * weight[:, None]
+            )[:n_out]
             feats = (acc / denom[:, None]).to(tokens.dtype)
         out = VisualTokens(features=feats, coords=coords, sizes=sizes, grid=tokens.grid)
         return cls(tokens=out, assignment=final, info=dict(info or {}))
@@ -368,17 +386,34 @@ def validate_reduction(
     a = reduction.assignment
     if a.dtype != torch.long or tuple(a.shape) != (tokens.n,):
         raise fail(f"assignment must be int64 of shape [{tokens.n}]")
-    if a.numel() and (int(a.min()) < -1 or int(a.max()) >= n_out):
+    # Every value check is computed on the device and read back in one transfer
+    # (one host sync per reduction instead of one per check). Out-of-range labels
+    # go to an extra bucket so the scatter ops stay in bounds until reported.
+    dev = a.device
+    valid = (a >= 0) & (a < n_out)
+    bucket = torch.where(valid, a, n_out)
+    counts = torch.bincount(bucket, minlength=n_out + 1)[:n_out]
+    weight = torch.where(valid, tokens.sizes.to(torch.float32), 0.0)
+    summed = torch.zeros(n_out + 1, dtype=torch.float32, device=dev)
+    summed = summed.index_add(0, bucket, weight)[:n_out]
+    earliest = _group_earliest(a, n_out)
+    no_bool = torch.zeros((), dtype=torch.bool, device=dev)
+    flags = torch.stack(
+        [
+            (a < -1).any() | (a >= n_out).any(),
+            (counts == 0).any() if n_out else no_bool,
+            ~torch.isclose(
+                summed, out.sizes.to(torch.float32), rtol=1e-4, atol=1e-3
+            ).all(),
+            (earliest[1:] <= earliest[:-1]).any() if n_out > 1 else no_bool,
+        ]
+    ).tolist()
+    if flags[0]:
         raise fail(f"assignment values must lie in [-1, {n_out})")
-    kept = a >= 0
-    counts = torch.bincount(a[kept], minlength=n_out)
-    if n_out and bool((counts == 0).any()):
+    if flags[1]:
         raise fail("some output tokens have no source in the assignment")
-    summed = torch.zeros(n_out, dtype=torch.float32, device=a.device)
-    summed = summed.index_add(0, a[kept], tokens.sizes[kept].to(torch.float32))
-    if not torch.allclose(summed, out.sizes.to(torch.float32), rtol=1e-4, atol=1e-3):
+    if flags[2]:
         raise fail("output sizes are not the sum of their sources' sizes")
-    earliest = reduction.representatives()
-    if n_out > 1 and not bool((earliest[1:] > earliest[:-1]).all()):
+    if flags[3]:
         raise fail("outputs are not ordered by their earliest source")
     return reduction

@@ -102,5 +102,8 @@ class DyCokeTTMReducer(TokenReducer):
         # [T*H*W, C] -> [T, H*W, C]
         x = tokens.features.reshape(t, h * w, tokens.channels)
         keep, info = ttm_keep_mask(x, budget, cfg.reference_groups)
-        index = torch.nonzero(keep.reshape(-1)).squeeze(1)  # [T, HW] -> [B]
+        # Exactly `budget` patches are kept: a stable sort puts them first, in
+        # order, without the host sync of nonzero. [T, HW] -> [T*HW] -> [B]
+        flat = keep.reshape(-1).to(torch.int8)
+        index = torch.sort(flat, descending=True, stable=True).indices[:budget]
         return Reduction.from_keep_index(tokens, index, info=info)

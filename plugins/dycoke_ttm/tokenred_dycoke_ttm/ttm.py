@@ -62,8 +62,8 @@ def frame_plan(
     two = t % 4 == 2
     if reference_groups:
         two = two & (t < frames - 2)
-    level = torch.full_like(t, ANCHOR)
-    level[odd | two] = PRUNED
+    # where() rather than mask assignment: a boolean index would sync on CUDA.
+    level = torch.where(odd | two, PRUNED, ANCHOR)
     level[0] = FIRST
     ref = torch.where(t % 4 == 0, t - 4, t - 2)  # anchors: one level up
     ref = torch.where(odd, t - 1, ref)
@@ -135,11 +135,18 @@ def ttm_keep_mask(
     level, ref = frame_plan(frames, reference_groups, x.device)
     sim = similarity_to_reference(x, ref)
     keep = torch.zeros(frames, per, dtype=torch.bool, device=x.device)
-    left = budget
+    # The plan depends on T alone: count each level's frames on the host, and take
+    # the frames themselves from a stable sort by level on the device, so no
+    # data-dependent size (nonzero) makes the host wait for the device.
+    host_level = frame_plan(frames, reference_groups, torch.device("cpu"))[0].tolist()
+    by_level = torch.sort(level, descending=True, stable=True).indices  # [T]
+    left, start = budget, 0
     kept_pruned, n_pruned = 0, 0
-    for lvl in (FIRST, ANCHOR, PRUNED):  # levels, not tokens
-        frames_at = torch.nonzero(level == lvl).squeeze(1)
-        size = int(frames_at.numel()) * per
+    for lvl in (FIRST, ANCHOR, PRUNED):  # levels, not tokens; FIRST sorts first
+        count = host_level.count(lvl)
+        frames_at = by_level[start : start + count]  # ascending frame index
+        start += count
+        size = count * per
         take = min(left, size)
         if lvl == FIRST and take < size:
             keep[0] = evenly_spaced(per, take, x.device)
