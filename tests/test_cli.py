@@ -157,11 +157,16 @@ def test_run_without_runner_is_a_clear_error(capsys, fake_plugin, monkeypatch):
 def test_report_delegates(capsys, monkeypatch):
     calls = []
     fake = types.ModuleType("tokenred.report")
-    fake.main_report = lambda dirs, out=None: calls.append((dirs, out)) or "o/x"  # type: ignore[attr-defined]
+    fake.main_report = lambda dirs, out=None, latency=None: (  # type: ignore[attr-defined]
+        calls.append((dirs, out, latency)) or "o/x"
+    )
     monkeypatch.setitem(sys.modules, "tokenred.report", fake)
     code, out, _ = run_cli(capsys, "report", "a", "b", "--out", "o")
-    assert code == 0 and calls == [(["a", "b"], "o")]
+    assert code == 0 and calls == [(["a", "b"], "o", None)]
     assert out == "report written to o/x\n"
+    run_cli(capsys, "report", "a", "--latency")
+    run_cli(capsys, "report", "a", "--no-latency")
+    assert [c[2] for c in calls[1:]] == [True, False]
 
 
 class CommandPlugin:

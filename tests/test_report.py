@@ -20,6 +20,7 @@ from tokenred.report import (
     make_figures,
     markdown_table,
     metrics_markdown,
+    plot_latency,
     samples_frame,
     summary_frame,
     summary_table,
@@ -61,6 +62,7 @@ def _write_run(
     keep: float,
     device: str = "cpu",
     latency: bool = True,
+    prefill_ms: list[float] | None = None,
 ) -> Path:
     """Write a run whose sample i is correct with a fixed pattern of rate ``acc``."""
     rng = np.random.default_rng(zlib.crc32(f"{cfg['reducer']['name']}{keep}".encode()))
@@ -90,7 +92,12 @@ def _write_run(
                     n_visual_out=n_out,
                     equivalent_tokens=float(n_out),
                     flops=FlopsRecord(prefill=int(1e9 * (0.2 + keep)), vision=10**8),
-                    latency_ms={"prefill": {"median": 10 + 40 * keep, "n": 3}}
+                    latency_ms={
+                        "prefill": {
+                            "median": prefill_ms[i] if prefill_ms else 10 + 40 * keep,
+                            "n": 3,
+                        }
+                    }
                     if latency
                     else {"prefill": None},
                     memory=MemoryRecord(peak_bytes=10**6),
@@ -114,7 +121,7 @@ def study(tmp_path: Path) -> Path:
 
 
 def test_report_writes_all_files(study: Path, tmp_path: Path) -> None:
-    out = main_report([study], tmp_path / "report")
+    out = main_report([study], tmp_path / "report", latency=True)
     names = {p.name for p in out.iterdir()}
     for stem in ("acc_vs_ratio", "acc_vs_ttft", "acc_vs_flops"):
         assert {f"{stem}.png", f"{stem}.svg"} <= names
@@ -125,7 +132,7 @@ def test_report_writes_all_files(study: Path, tmp_path: Path) -> None:
     assert len(rows) == 6, "one row per run"
     assert rows[0]["method"] == "unreduced", "the baseline comes first"
     md = (out / "summary.md").read_text()
-    assert "| Model |" in md and "McNemar p" in md and "ms CPU" in md
+    assert "| Model |" in md and "McNemar p" in md and "ms CPU (IQR " in md
     assert md.count("\n| tiny_ov |") == 6
     assert "fastv (K=2)" in md
 
@@ -179,7 +186,7 @@ def test_summary_values_against_hand_computation(study: Path) -> None:
 
 def test_figures_are_readable(study: Path) -> None:
     summary = summary_frame(samples_frame(load_runs([study])))
-    figs = make_figures(summary)
+    figs = make_figures(summary, latency=True)
     assert set(figs) == {"acc_vs_ratio", "acc_vs_ttft", "acc_vs_flops"}
     for name, fig in figs.items():
         ax = fig.axes[0]
@@ -207,8 +214,44 @@ def test_missing_latency_is_never_estimated(tmp_path: Path) -> None:
     assert "ms CPU" not in md and "n/a" in md
     summary = summary_frame(samples_frame(load_runs([root])))
     assert summary["ttft_ms"].isna().all()
-    ax = make_figures(summary)["acc_vs_ttft"].axes[0]
+    assert "acc_vs_ttft" not in make_figures(summary), "nothing timed, nothing drawn"
+    ax = make_figures(summary, latency=True)["acc_vs_ttft"].axes[0]
     assert any("not measured" in t.get_text() for t in ax.texts)
+
+
+def test_cpu_latency_is_not_plotted_unless_asked(study: Path, tmp_path: Path) -> None:
+    out = tmp_path / "rep"
+    main_report([study], out, latency=True)
+    assert (out / "acc_vs_ttft.svg").is_file()
+    main_report([study], out)  # CPU timings: FLOPs are the cost axis
+    names = {p.name for p in out.iterdir()}
+    assert "acc_vs_flops.svg" in names
+    assert not {"acc_vs_ttft.svg", "acc_vs_ttft.png"} & names, "stale figure removed"
+    md = (out / "summary.md").read_text()
+    assert "ms CPU (IQR " in md, "CPU timings stay in the tables"
+
+
+def test_gpu_latency_is_plotted_by_default(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    _write_run(root, _config("none", None), acc=0.8, keep=1.0, device="cuda")
+    _write_run(root, _config("random", 0.5), acc=0.7, keep=0.5, device="cuda")
+    summary = summary_frame(samples_frame(load_runs([root])))
+    assert plot_latency(summary) and "acc_vs_ttft" in make_figures(summary)
+    assert not plot_latency(summary, latency=False)
+    _write_run(root, _config("random", 0.25), acc=0.6, keep=0.25)  # one CPU run
+    mixed = summary_frame(samples_frame(load_runs([root])))
+    assert not plot_latency(mixed), "any CPU-timed run keeps the figure out"
+
+
+def test_latency_median_and_iqr_over_samples(tmp_path: Path) -> None:
+    spread = [float(v) ** 1.5 for v in range(N)]
+    cfg = _config("none", None)
+    path = _write_run(tmp_path, cfg, acc=0.8, keep=1.0, prefill_ms=spread)
+    row = summary_frame(samples_frame(load_runs([path]))).iloc[0]
+    q1, med, q3 = np.percentile(spread, [25, 50, 75])
+    assert row["ttft_ms"] == pytest.approx(med)
+    assert row["ttft_iqr_ms"] == pytest.approx(q3 - q1)
+    assert row["ttft_mean_ms"] == pytest.approx(np.mean(spread))
 
 
 def test_multi_dataset_average_and_summary_table(tmp_path: Path) -> None:

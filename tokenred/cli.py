@@ -203,6 +203,13 @@ def _report_command(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--out", metavar="DIR", help="output directory (default: RUN_DIR/../report)"
     )
+    p.add_argument(
+        "--latency",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="draw acc_vs_ttft (default: only when every timed run was timed on a "
+        "GPU; CPU timings stay in the tables, FLOPs are the cost axis)",
+    )
     p.set_defaults(func=_cmd_report)
 
 
@@ -397,7 +404,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
             raise
         msg = "this installation has no report module (tokenred.report is missing)"
         raise UsageError(msg) from None
-    out = main_report(args.run_dirs, args.out)
+    out = main_report(args.run_dirs, args.out, latency=args.latency)
     print(f"report written to {out}")
     return int(ExitCode.OK)
 

@@ -10,11 +10,15 @@ writes into the output folder:
   unreduced answers and an exact McNemar test on the discordant answers;
 * ``average.csv`` (with a section in ``summary.md``) when several datasets are
   present: the mean of per-dataset relative values, as the paper averages;
-* ``acc_vs_ratio``, ``acc_vs_ttft`` and ``acc_vs_flops`` as PNG and SVG, the last two
-  with Pareto frontiers.
+* ``acc_vs_ratio`` and ``acc_vs_flops`` as PNG and SVG, the second with a Pareto
+  frontier; ``acc_vs_ttft`` (with a frontier) only when every timed run was timed on a
+  GPU, or when asked for (``tokenred report --latency``).
 
 Reports never import models. Latency measured on a CPU is labelled as CPU latency
-everywhere; a run without latency shows "n/a", never an estimate.
+everywhere, its spread (IQR) is printed beside its median, and it is not drawn as a
+latency frontier unless asked for: CPU timings of a shared machine depend on its
+load and thread count more than on the reducer. A run without latency shows "n/a",
+never an estimate.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
 from tokenred.errors import UsageError
@@ -158,6 +163,19 @@ def _mean(series: pd.Series) -> float:
     return float(values.mean()) if len(values) else math.nan
 
 
+def _median_iqr(series: pd.Series) -> tuple[float, float]:
+    """Return the median and the IQR (inclusive quartiles) of the non-null values.
+
+    The quartiles are numpy's linear ones, the inclusive method that
+    :func:`tokenred.measure.latency.summarize` uses for the repeats of one sample.
+    """
+    values = pd.to_numeric(series, errors="coerce").dropna().to_numpy(dtype=float)
+    if not values.size:
+        return math.nan, math.nan
+    q1, med, q3 = np.percentile(values, [25, 50, 75])
+    return float(med), float(q3 - q1)
+
+
 def _rel(value: float, base: float) -> float:
     return 100 * value / base if base and not math.isnan(base) else math.nan
 
@@ -184,9 +202,14 @@ def _absolute(group: pd.DataFrame) -> dict[str, Any]:
     row.update(acc_ci_low=100 * low, acc_ci_high=100 * high)
     row["kept_tokens"] = _mean(ok["n_out"])
     row["kept_ratio"] = 100 * _mean(ok["ratio"])  # mean of per-sample ratios (R.NV)
-    for col in ("eq_tokens", "flops_prefill", "flops_vision", "ttft_ms", "e2e_ms",
-                "peak_bytes"):  # fmt: skip
+    for col in ("eq_tokens", "flops_prefill", "flops_vision", "peak_bytes"):
         row[col] = _mean(ok[col])
+    # Latency: median over samples of the per-sample medians, with its IQR (the
+    # spread a busy machine adds shows up here); the mean is the paper's figure.
+    for col in ("ttft_ms", "e2e_ms"):
+        stem = col.removesuffix("_ms")
+        row[col], row[f"{stem}_iqr_ms"] = _median_iqr(ok[col])
+        row[f"{stem}_mean_ms"] = _mean(ok[col])
     return row
 
 
@@ -286,6 +309,8 @@ def _cells(r: pd.Series, div: float, unit: str) -> dict[str, str]:
     device = "CPU" if r["device"] == "cpu" else "GPU"
     ci = f"[{_num(r['acc_ci_low'])}, {_num(r['acc_ci_high'])}]"
     ttft = _num(r["ttft_ms"])
+    if ttft != "n/a":
+        ttft = f"{ttft} ms {device} (IQR {_num(r.get('ttft_iqr_ms'))})"
     return {
         "Model": r["model"],
         "Dataset": r["dataset"],
@@ -302,7 +327,7 @@ def _cells(r: pd.Series, div: float, unit: str) -> dict[str, str]:
         "Eq. tokens": _num(r["eq_tokens"], "{:,.0f}"),
         "Prefill FLOPs": f"{_num(r['flops_prefill'] / div, '{:.3g}')} {unit}",
         "R.FLOPs": _num(r.get("rel_flops")),
-        "TTFT": ttft if ttft == "n/a" else f"{ttft} ms {device}",
+        "TTFT": ttft,
         "R.TTFT": _num(r.get("rel_ttft")),
         "Agree %": _num(r.get("agreement")),
         "McNemar p": _num(r.get("mcnemar_p"), "{:.3g}"),
@@ -321,8 +346,9 @@ NOTES = (
     "dataset. Kept ratio = mean over samples of kept/input visual tokens. "
     "Eq. tokens = visual tokens averaged over decoder layers.",
     "Prefill FLOPs are analytic (causal attention, matmuls only; see "
-    "docs/measuring.md). TTFT = mean of per-sample median prefill times; 'CPU' "
-    "marks CPU timings, which are not GPU numbers; n/a = not measured.",
+    "docs/measuring.md). TTFT = median over samples of per-sample median prefill "
+    "times, with the interquartile range (IQR) of those medians; 'CPU' marks CPU "
+    "timings, which are not GPU numbers; n/a = not measured.",
     "McNemar: exact binomial test on the answers where exactly one of the run and "
     "the unreduced run is correct. Agree = same predicted letter as unreduced.",
 )
@@ -394,11 +420,29 @@ def _figure_specs(summary: pd.DataFrame, flop_unit: str) -> dict[str, tuple[Any,
     }  # fmt: skip
 
 
-def make_figures(summary: pd.DataFrame) -> dict[str, Figure]:
-    """Return the three report figures (not saved; see :func:`main_report`).
+def plot_latency(summary: pd.DataFrame, latency: bool | None = None) -> bool:
+    """Decide whether the report draws the accuracy-vs-TTFT figure.
+
+    Args:
+        summary: The summary frame (``ttft_ms`` and ``device`` columns).
+        latency: True or False forces the choice (``tokenred report --latency`` /
+            ``--no-latency``); None draws it only when some runs were timed and
+            every timed run was timed on a GPU. CPU timings stay in the tables.
+    """
+    if latency is not None:
+        return latency
+    timed = summary[summary["ttft_ms"].notna()]
+    return bool(len(timed)) and bool((timed["device"] == "cuda").all())
+
+
+def make_figures(
+    summary: pd.DataFrame, latency: bool | None = None
+) -> dict[str, Figure]:
+    """Return the report figures (not saved; see :func:`main_report`).
 
     One panel per (model, dataset); built on :class:`matplotlib.figure.Figure`
-    directly, so no pyplot state or global backend is touched.
+    directly, so no pyplot state or global backend is touched. ``acc_vs_ttft`` is
+    left out unless :func:`plot_latency` says to draw it: FLOPs are the cost axis.
     """
     from matplotlib.figure import Figure
 
@@ -408,7 +452,10 @@ def make_figures(summary: pd.DataFrame) -> dict[str, Figure]:
     frame = summary.assign(flops_plot=flops / div)
     suffix = " (random weights)" if summary["random_weights"].any() else ""
     figures: dict[str, Figure] = {}
-    for name, (x, label, title, pareto, empty) in _figure_specs(summary, unit).items():
+    specs = _figure_specs(summary, unit)
+    if not plot_latency(summary, latency):
+        del specs["acc_vs_ttft"]
+    for name, (x, label, title, pareto, empty) in specs.items():
         fig = Figure(figsize=(5.5 * max(1, len(groups)), 4.2), layout="constrained")
         axes = fig.subplots(1, max(1, len(groups)), squeeze=False)[0]
         for ax, (model, dataset) in zip(axes, groups, strict=False):
@@ -482,13 +529,20 @@ def metrics_markdown(frame: pd.DataFrame, *, breakdown_only: bool = False) -> st
 
 
 def main_report(
-    run_dirs: Sequence[str | Path], out_dir: str | Path | None = None
+    run_dirs: Sequence[str | Path],
+    out_dir: str | Path | None = None,
+    *,
+    latency: bool | None = None,
 ) -> Path:
     """Write the report of ``run_dirs`` into ``out_dir`` and return ``out_dir``.
 
     Args:
         run_dirs: Run directories, or folders holding them (searched recursively).
         out_dir: Output folder; default ``report`` next to the first run folder.
+        latency: Draw ``acc_vs_ttft``: True always, False never, None only for
+            runs timed on a GPU (:func:`plot_latency`). A figure not drawn is
+            removed from ``out_dir``, so no stale latency figure stays beside the
+            new tables.
 
     Raises:
         UsageError: No run directory, or no records in any of them.
@@ -518,7 +572,13 @@ def main_report(
             "# Dataset metrics per run\n\n" + metrics_markdown(metrics),
             encoding="utf-8",
         )
-    save_figures(make_figures(summary), out)
+    figures = make_figures(summary, latency)
+    save_figures(figures, out)
+    for name in set(FIGURES) - set(figures):
+        for stale in (out / f"{name}.png", out / f"{name}.svg"):
+            if stale.is_file():
+                stale.unlink()
+                log.info("removed %s (figure not drawn for these runs)", stale)
     log.info("report of %d runs written to %s", len(runs), out)
     return out
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tokenred.adapter import ReductionPlan, create_adapter
+from tokenred.determinism import compute_settings
 from tokenred.errors import DataError, ExitCode
 from tokenred.featcache import CachedVideo, FeatureCache, cache_key
 from tokenred.measure import Timer, measure_repeats, reset_peak, sample_flops
@@ -407,7 +408,9 @@ def run_experiment(
     if cfg.output.overwrite and store.path.exists():
         with store:
             store.reset()
-    with store:
+    # Threads and deterministic algorithms for this run only (restored after it).
+    compute = compute_settings(cfg.measure.threads, cfg.measure.deterministic)
+    with store, compute as settings:
         from tokenred.config import to_yaml
 
         store.write_config(to_yaml(cfg))
@@ -435,6 +438,7 @@ def run_experiment(
                 else "perf_counter",
                 "warmup": cfg.measure.warmup,
                 "repeats": cfg.measure.repeats,
+                "compute": settings.to_dict(),
                 "model": desc,
             },
         )

@@ -203,9 +203,25 @@ class MeasureConfig:
         ),
     )
 
+    threads: int = field(
+        default=1,
+        metadata=_help(
+            "torch intra-op threads during the run (0: torch's default, one per "
+            "physical core); recorded in the manifest. Answers do not depend on it, "
+            "CPU timings do: one thread is the stable choice on a shared CPU"
+        ),
+    )
+    deterministic: bool = field(
+        default=True,
+        metadata=_help(
+            "run with torch's deterministic algorithms (warn-only where an op has "
+            "none), so the same run id gives the same answers on every rerun"
+        ),
+    )
+
     def __post_init__(self) -> None:
         """Reject negative counts."""
-        for key in ("warmup", "kv_reuse"):
+        for key in ("warmup", "kv_reuse", "threads"):
             if getattr(self, key) < 0:
                 msg = f"measure.{key} must be >= 0, got {getattr(self, key)}"
                 raise ConfigError(msg)

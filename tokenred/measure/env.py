@@ -74,6 +74,19 @@ def git_state(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     return {"sha": sha, "dirty": bool(status) if status is not None else None}
 
 
+def _cpu_model() -> str | None:
+    """Return the CPU's model name (Linux ``/proc/cpuinfo``), None elsewhere."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name":
+            return value.strip() or None
+    return None
+
+
 def device_info(device: str | None = "cpu") -> dict[str, Any]:
     """Return the device's kind (``cpu``/``cuda``), name and runtime versions."""
     import torch  # lazily: the report never needs torch
@@ -84,6 +97,10 @@ def device_info(device: str | None = "cpu") -> dict[str, Any]:
         "device": str(dev),
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
+        # Which CPU and which kernels (AVX-512, AVX2, ...) ran: their float results
+        # differ in the last bits, so they define a "machine of the same kind".
+        "cpu_model": _cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "platform": platform.platform(),
         "cuda_version": torch.version.cuda,
     }

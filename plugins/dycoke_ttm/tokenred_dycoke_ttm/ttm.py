@@ -27,7 +27,10 @@ Deviations from reference:
     - The keep count comes from the budget (above) instead of ``prune_ratio``.
     - Kept tokens are ordered by position; the reference orders each pruned frame's
       tokens by ``topk`` order (least similar first).
-    - Ties in similarity are broken by position (stable sort).
+    - Similarities are rounded to :data:`tokenred.determinism.SCORE_GRID` (~1e-3)
+      and ties are broken by position (stable sort). Without the rounding, the
+      static-background patches (similarity 1.0 up to float noise) were ranked by
+      that noise, and the answers changed between machines.
     - ``T <= 4`` and ``T = 1`` work (the reference stacks an empty list and fails).
     - ``reference_groups=false`` also prunes the last group's frame ``4i+2``.
     - Below the reference's floor (``B < A * HW``, under ~25% of the tokens) the
@@ -42,6 +45,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from tokenred.determinism import stable_scores
 
 PRUNED, ANCHOR, FIRST = 1, 2, 3
 """Frame levels, filled from the highest (kept first) to the lowest."""
@@ -74,13 +79,18 @@ def frame_plan(
 def similarity_to_reference(x: Tensor, ref: Tensor) -> Tensor:
     """Return ``[T, HW]`` the cosine similarity of every patch to its reference.
 
+    Rounded to the :func:`~tokenred.determinism.stable_scores` grid.
+
     Args:
         x: ``[T, HW, C]`` features.
         ref: ``[T]`` reference frame of each frame; -1 gives similarity 0.
     """
     x32 = x.to(torch.float32)
     partner = x32.index_select(0, ref.clamp_min(0))  # [T, HW, C]
-    sim = F.cosine_similarity(x32, partner, dim=-1)  # [T, HW]
+    # On a fixed grid: static-background patches tie at 1.0 up to float noise,
+    # which differs between CPUs and GPUs; the stable sorts then order them by
+    # position, the same everywhere.
+    sim = stable_scores(F.cosine_similarity(x32, partner, dim=-1))  # [T, HW]
     return torch.where(ref[:, None] >= 0, sim, torch.zeros_like(sim))
 
 

@@ -19,8 +19,12 @@ round's even/odd split depends on it.
 Deviations from reference:
     - Similarities and running averages are computed in float32 whatever the input
       dtype (the reference works in the model dtype, bf16 in the paper's runs).
-    - Ties in the link strength are broken by position (stable sort); the reference's
-      ``argsort`` leaves tie order unspecified.
+    - Similarities are rounded to :data:`tokenred.determinism.SCORE_GRID` (~1e-3)
+      before links are chosen and ranked, and ties are broken by position (first
+      best B token, stable sort of link strengths); the reference ranks raw values
+      and its ``argsort`` leaves tie order unspecified. Without the rounding,
+      near-duplicate background tokens are ordered by float noise, and the answers
+      changed between machines.
     - Zero-norm features are given cosine 0 (the reference divides by zero).
     - The similarity rows are computed in chunks to bound memory; the values are
       identical.
@@ -37,6 +41,8 @@ import math
 import torch
 from torch import Tensor
 
+from tokenred.determinism import stable_scores
+
 _EPS = 1e-12
 _ROW_CHUNK = 4096
 
@@ -49,14 +55,17 @@ def _best_links(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
         b: ``[G, nB, C]`` unit-norm float32 metric of set B.
 
     Returns:
-        ``([G, nA], [G, nA])`` best score and the index of the B token reaching it
-        (the first one on ties, as ``torch.max`` does).
+        ``([G, nA], [G, nA])`` best score (on the :func:`stable_scores` grid) and the
+        index of the B token reaching it (the first one on ties, as ``torch.max``
+        does).
     """
     maxes, idxs = [], []
     bt = b.transpose(1, 2)  # [G, nB, C] -> [G, C, nB]
     for start in range(0, a.shape[1], _ROW_CHUNK):
         scores = a[:, start : start + _ROW_CHUNK] @ bt  # [G, chunk, nB]
-        m, i = scores.max(dim=-1)
+        # Near-duplicate tokens (static backgrounds) tie up to float noise, which
+        # differs between CPUs and GPUs: rank on a fixed grid, first index on ties.
+        m, i = stable_scores(scores).max(dim=-1)
         maxes.append(m)
         idxs.append(i)
     return torch.cat(maxes, dim=1), torch.cat(idxs, dim=1)
