@@ -85,12 +85,10 @@ def time_prefill(
     adapter: Any, video: Any, plan: Any, *, warmup: int, repeats: int
 ) -> tuple[dict[str, dict[str, float]], Any]:
     """Time ``adapter.prefill`` with the runner's protocol; return summaries."""
-    from tokenred.measure import measure_repeats
+    from tokenred.measure import measure_repeats, timing
 
     def once(timer: Any) -> Any:
-        if plan is not None:
-            plan.timer = timer
-        with timer("prefill"):
+        with timing(timer), timer("prefill"):
             return adapter.prefill(video, PROMPT, plan)
 
     rep = measure_repeats(once, warmup=warmup, repeats=repeats, device=adapter.device)

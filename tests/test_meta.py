@@ -82,18 +82,55 @@ def test_modules_use_postponed_annotations():
     assert not missing, f"add 'from __future__ import annotations' to: {missing}"
 
 
-def test_no_print_in_library_code():
+def _terminal_writes(tree: ast.AST) -> list[int]:
+    """Line numbers of ``print(...)`` calls and any use of ``sys.stdout``/``stderr``.
+
+    Covers ``sys.stdout.write``, ``print(..., file=sys.stderr)``, ``from sys import
+    stdout`` and ``sys.__stdout__``, so library code has no way to the terminal.
+    """
+    lines = []
+    streams = {"stdout", "stderr", "__stdout__", "__stderr__"}
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id == "print"
+        ):
+            lines.append(node.lineno)
+        elif (
+            isinstance(node, ast.Attribute)
+            and node.attr in streams
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "sys"
+        ):
+            lines.append(node.lineno)
+        elif isinstance(node, ast.ImportFrom) and node.module == "sys":
+            if any(a.name in streams for a in node.names):
+                lines.append(node.lineno)
+    return lines
+
+
+def test_no_terminal_output_in_library_code():
     allowed = {"cli.py"}  # the command's output is its user interface
     offenders = []
     for path in modules():
         rel = str(path.relative_to(ROOT))
         if rel in allowed:
             continue
-        for node in ast.walk(ast.parse(path.read_text())):
-            if (
-                isinstance(node, ast.Call)
-                and isinstance(node.func, ast.Name)
-                and node.func.id == "print"
-            ):
-                offenders.append(f"{rel}:{node.lineno}")
-    assert not offenders, f"use logging instead of print: {offenders}"
+        lines = _terminal_writes(ast.parse(path.read_text()))
+        offenders += [f"{rel}:{line}" for line in lines]
+    assert not offenders, f"log instead of writing to the terminal: {offenders}"
+
+
+def test_terminal_write_detector_catches_every_form():
+    samples = [
+        "print('x')",
+        "import sys\nsys.stdout.write('x')",
+        "import sys\nsys.stderr.write('x')",
+        "import sys\nprint('x', file=sys.stderr)",
+        "from sys import stdout\nstdout.write('x')",
+        "import sys\nsys.__stderr__.flush()",
+    ]
+    for code in samples:
+        assert _terminal_writes(ast.parse(code)), code
+    assert not _terminal_writes(ast.parse("import logging\nlogging.info('x')"))

@@ -335,3 +335,67 @@ def test_new_weights_at_the_same_path_start_new_runs(
     assert weights == {"random-init-seed-0", fingerprint}
     assert main(argv) == 0  # the same weights again: everything reused
     assert "3 reused" in capsys.readouterr().err
+
+
+class _Observer:
+    """Plugin implementing every hook, recording each call the CLI and runner make."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+
+    @hookimpl
+    def register_reducers(self, register: Any) -> None:
+        self.calls.append(("register_reducers", register))
+
+    @hookimpl
+    def register_model_adapters(self, register: Any) -> None:
+        self.calls.append(("register_model_adapters", register))
+
+    @hookimpl
+    def register_datasets(self, register: Any) -> None:
+        self.calls.append(("register_datasets", register))
+
+    @hookimpl
+    def register_commands(self, subparsers: Any) -> None:
+        self.calls.append(("register_commands", subparsers))
+
+    @hookimpl
+    def before_run(self, config: Any, manifest: Any) -> None:
+        self.calls.append(("before_run", (config, manifest)))
+
+    @hookimpl
+    def after_sample(self, record: Any) -> None:
+        self.calls.append(("after_sample", record))
+
+    @hookimpl
+    def after_run(self, store: Any) -> None:
+        self.calls.append(("after_run", store))
+
+
+def test_a_run_fires_every_hook_in_order(tmp_path: Path, data_root: Path) -> None:
+    import inspect
+
+    from tokenred import hookspecs
+
+    specs = {
+        name
+        for name, fn in inspect.getmembers(hookspecs, inspect.isfunction)
+        if hasattr(fn, "tokenred_spec")
+    }
+    observer = _Observer()
+    assert main(_argv(tmp_path, data_root), plugins=[observer]) == 0
+    fired = [name for name, _ in observer.calls]
+    assert specs and set(fired) == specs, "a hook was never fired"
+    run_calls = [c for c in observer.calls if not c[0].startswith("register_")]
+    per_run = ["before_run", *["after_sample"] * 3, "after_run"]
+    assert [name for name, _ in run_calls] == per_run * 2, "two runs, in order"
+    for start in (0, len(per_run)):
+        (_, (config, manifest)), *samples, (_, store) = run_calls[
+            start : start + len(per_run)
+        ]
+        assert manifest.run_id == store.path.name, "before_run saw another run"
+        assert config.reducer.name == json.loads(
+            (store.path / "manifest.json").read_text()
+        )["config"]["reducer"]["name"]
+        stored = [r.to_dict() for r in store.records()]
+        assert [r.to_dict() for _, r in samples] == stored, "after_sample != records"

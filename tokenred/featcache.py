@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from tokenred.adapter import ModelAdapter, VideoFeatures
     from tokenred.data import FrameSampling
+    from tokenred.schema import ExperimentConfig
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,16 @@ class CachedVideo:
     vision_ms: list[float] = field(default_factory=list)
     decode_ms: float | None = None
     hit: bool = False
+
+
+def feature_cache_root(cfg: ExperimentConfig) -> Path | None:
+    """Return ``output.root/_features``, or None when ``output.feature_cache`` is off.
+
+    Runs and calibration share it, so a study's videos are encoded once.
+    """
+    if not cfg.output.feature_cache:
+        return None
+    return Path(cfg.output.root) / "_features"
 
 
 def _video_identity(path: str) -> dict[str, Any]:

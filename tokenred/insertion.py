@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -35,6 +34,7 @@ from torch import Tensor, nn
 
 from tokenred._capture import last_query_attention, visual_keys
 from tokenred.errors import CompatibilityError, ContractError
+from tokenred.measure.latency import phase
 from tokenred.splicing import (
     Layout,
     Spliced,
@@ -97,7 +97,10 @@ def run_reducer(
     query: Tensor | None = None,
     keys: Tensor | None = None,
 ) -> Reduction:
-    """Build the context, call the reducer under ``plan.timer`` and validate.
+    """Build the context, call the reducer under the ``reducer`` phase and validate.
+
+    The phase reports to the timer the measurement protocol made active (see
+    :func:`tokenred.measure.latency.timing`); outside a measurement it costs nothing.
 
     Raises:
         ContractError: If the reducer's result breaks the contract.
@@ -114,8 +117,7 @@ def run_reducer(
         head_dim=head_dim,
         sample_id=plan.sample_id,
     )
-    timer = plan.timer("reducer") if plan.timer is not None else nullcontext()
-    with timer:
+    with phase("reducer"):
         result = plan.reducer.reduce(tokens, ctx)
     return validate_reduction(tokens, result, ctx.budget, reducer=plan.label)
 

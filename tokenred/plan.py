@@ -6,10 +6,8 @@ Re-exported by :mod:`tokenred.adapter`.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tokenred.errors import CompatibilityError, ConfigError
 from tokenred.tokens import PositionPolicy, Stage
@@ -74,7 +72,6 @@ class ReductionPlan:
             fall back from ``reassign`` to ``survive``).
         seed: Run seed; the reducer's generator is seeded from (seed, sample_id).
         sample_id: Sample id, for seeding and messages.
-        timer: Runner-owned ``timer("reducer")`` context manager factory.
         origin: ``"name (dist version)"`` of the reducer for error messages.
     """
 
@@ -85,7 +82,6 @@ class ReductionPlan:
     positions: PositionPolicy | None = None
     seed: int = 0
     sample_id: str = ""
-    timer: Callable[[str], AbstractContextManager[Any]] | None = None
     origin: str = ""
 
     def __post_init__(self) -> None:

@@ -6,6 +6,7 @@ A run directory holds::
         config.yaml      resolved config, as the runner wrote it
         manifest.json    RunManifest: versions, git commit, device, plugins, times
         samples.jsonl    one SampleRecord per line, append-only
+        metrics.json     the dataset's aggregate metrics over the records
         .lock            fcntl.flock'ed while a process writes; holds its pid
 
 ``run_id`` is a short hash of the resolved config without its ``output`` section, so
@@ -217,6 +218,7 @@ class RunStore:
     CONFIG = "config.yaml"
     MANIFEST = "manifest.json"
     SAMPLES = "samples.jsonl"
+    METRICS = "metrics.json"
     LOCK = ".lock"
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -353,6 +355,20 @@ class RunStore:
         data["sessions"] = self._session
         text = json.dumps(jsonable(data), indent=2, sort_keys=True, allow_nan=False)
         _atomic_write(self.path / self.MANIFEST, text + "\n")
+
+    def write_metrics(self, metrics: Mapping[str, float]) -> None:
+        """Write the dataset's aggregate metrics as sorted JSON (atomically)."""
+        self._require_open("write_metrics")
+        text = json.dumps(dict(metrics), indent=2, sort_keys=True)
+        _atomic_write(self.path / self.METRICS, text)
+
+    def read_metrics(self) -> dict[str, float] | None:
+        """Return the aggregate metrics, or None when the run has none yet."""
+        path = self.path / self.METRICS
+        if not path.is_file():
+            return None
+        data: dict[str, float] = json.loads(path.read_text(encoding="utf-8"))
+        return data
 
     def read_manifest(self) -> dict[str, Any] | None:
         """Return the manifest dict, or None when there is none yet."""
