@@ -97,8 +97,9 @@ def time_prefill(
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Build the model once, then time every (frames, reducer, budget) point."""
-    from tokenred.adapter import AdapterConfig, DType, ReductionPlan, create_adapter
+    from tokenred.adapter import AdapterConfig, DType, create_adapter
     from tokenred.measure import prefill_flops
+    from tokenred.plan import ReductionPlan
     from tokenred.plugins import get_plugin_manager
     from tokenred.registry import Registries
     from tokenred.schema import BudgetConfig

@@ -26,24 +26,22 @@ import torch
 
 from tokenred.errors import CompatibilityError, ConfigError, ModelLoadError, PluginError
 from tokenred.model_io import Generation, PrefillResult, PrefixCache, VideoFeatures
-from tokenred.plan import BudgetSpec, ReductionPlan
 from tokenred.tokens import Need, Stage
 
 if TYPE_CHECKING:
     from tokenred.arch import ArchSpec
+    from tokenred.plan import ReductionPlan
     from tokenred.registry import Registry
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "AdapterConfig",
-    "BudgetSpec",
     "DType",
     "Generation",
     "ModelAdapter",
     "PrefillResult",
     "PrefixCache",
-    "ReductionPlan",
     "VideoFeatures",
     "create_adapter",
     "resolve_model_name",

@@ -55,7 +55,7 @@ from tokenred.tokens import (
 if TYPE_CHECKING:
     from torch.utils.hooks import RemovableHandle
 
-    from tokenred.adapter import ReductionPlan
+    from tokenred.plan import ReductionPlan
 
 log = logging.getLogger(__name__)
 

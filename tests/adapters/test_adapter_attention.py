@@ -8,8 +8,8 @@ import pytest
 import torch
 from _adapter_helpers import FAMILIES, PROMPT, AttentionTopK, hf_inputs
 
-from tokenred.adapter import BudgetSpec, ReductionPlan
 from tokenred.errors import CompatibilityError
+from tokenred.plan import BudgetSpec, ReductionPlan
 from tokenred.tokens import Stage
 
 

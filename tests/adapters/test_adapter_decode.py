@@ -9,10 +9,10 @@ import pytest
 import torch
 from _adapter_helpers import FAMILIES, PROMPT, EveryThird, PairMerge, QueryTopK
 
-from tokenred.adapter import BudgetSpec, ReductionPlan
 from tokenred.adapters._runtime import cache_lengths
 from tokenred.builtin.reducers import RandomReducer
 from tokenred.errors import CompatibilityError
+from tokenred.plan import BudgetSpec, ReductionPlan
 from tokenred.tokens import PositionPolicy, Stage
 
 STAGES = [(Stage.PRE_LLM, 0), (Stage.IN_LLM, 2)]

@@ -17,9 +17,9 @@ from _adapter_helpers import (
     masking_reference,
 )
 
-from tokenred.adapter import BudgetSpec, ReductionPlan
 from tokenred.builtin.reducers import NoneReducer, RandomReducer
 from tokenred.insertion import build_spliced
+from tokenred.plan import BudgetSpec, ReductionPlan
 from tokenred.tokens import PositionPolicy, Stage, VisualTokens
 
 STAGES = [(Stage.PRE_LLM, 0), (Stage.IN_LLM, 2)]

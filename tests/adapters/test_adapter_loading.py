@@ -162,8 +162,8 @@ def test_dtype_and_device_options(
 def test_cuda_reduced_generation(
     dtype: str, checkpoints: dict[str, Path], model_registry: Any, frames: Any
 ) -> None:
-    from tokenred.adapter import BudgetSpec, ReductionPlan
     from tokenred.builtin.reducers import RandomReducer
+    from tokenred.plan import BudgetSpec, ReductionPlan
     from tokenred.tokens import Stage
 
     cfg = AdapterConfig(

@@ -19,7 +19,7 @@ from abc import abstractmethod
 from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -30,7 +30,6 @@ from tokenred.adapter import (
     ModelAdapter,
     PrefillResult,
     PrefixCache,
-    ReductionPlan,
     VideoFeatures,
 )
 from tokenred.adapters._common import ChatTemplate, check_checkpoint_dir, check_frames
@@ -53,6 +52,9 @@ from tokenred.insertion import (
     Layout,
     scrub_position_ids,
 )
+
+if TYPE_CHECKING:
+    from tokenred.plan import ReductionPlan
 
 log = logging.getLogger(__name__)
 
