@@ -177,13 +177,13 @@ def _row(
 ) -> dict[str, Any]:
     ttft = summ["prefill"]["median"]
     reducer = summ.get("reducer", {}).get("median")
-    flops = prefill_flops(adapter.arch, state.schedule).total
+    flops = prefill_flops(adapter.arch, state.stats.schedule).total
     return {
         "reducer": name,
         "budget": ratio,
         "frames": frames,
-        "n_visual_in": state.n_visual_in,
-        "n_visual_out": state.n_visual_out,
+        "n_visual_in": state.stats.n_visual_in,
+        "n_visual_out": state.stats.n_visual_out,
         "ttft_ms": ttft,
         "ttft_iqr_ms": summ["prefill"]["iqr"],
         "reducer_ms": reducer,

@@ -134,3 +134,30 @@ def test_terminal_write_detector_catches_every_form():
     for code in samples:
         assert _terminal_writes(ast.parse(code)), code
     assert not _terminal_writes(ast.parse("import logging\nlogging.info('x')"))
+
+
+def test_no_importorskip_of_hard_dependencies():
+    # A hard dependency that fails to import is a broken install, not a skip.
+    import tomllib
+
+    project = tomllib.loads((ROOT.parent / "pyproject.toml").read_text())["project"]
+    hard = {
+        d.split(">")[0].split("=")[0].split("<")[0].split("[")[0].strip()
+        for d in project["dependencies"]
+    }
+    tests = ROOT.parent / "tests"
+    offenders = []
+    for path in sorted(tests.rglob("*.py")) + sorted(
+        (ROOT.parent / "plugins").rglob("test_*.py")
+    ):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "importorskip"
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+                and str(node.args[0].value).split(".")[0] in hard
+            ):
+                offenders.append(f"{path.name}:{node.lineno}")
+    assert "transformers" in hard and not offenders, offenders

@@ -25,7 +25,13 @@ import numpy as np
 import torch
 
 from tokenred.errors import CompatibilityError, ConfigError, ModelLoadError, PluginError
-from tokenred.model_io import Generation, PrefillResult, PrefixCache, VideoFeatures
+from tokenred.model_io import (
+    Generation,
+    PrefillResult,
+    PrefillStats,
+    PrefixCache,
+    VideoFeatures,
+)
 from tokenred.tokens import Need, Stage
 
 if TYPE_CHECKING:
@@ -41,6 +47,7 @@ __all__ = [
     "Generation",
     "ModelAdapter",
     "PrefillResult",
+    "PrefillStats",
     "PrefixCache",
     "VideoFeatures",
     "create_adapter",
@@ -133,8 +140,6 @@ class ModelAdapter(ABC):
     """Architecture family, e.g. ``"llava_onevision"``."""
     model_types: ClassVar[tuple[str, ...]] = ()
     """``config.json`` ``model_type`` values this adapter loads (``--model PATH``)."""
-    default_num_frames: ClassVar[int | None] = None
-    """Frames the model is usually run with, when the dataset does not say."""
 
     def __init__(self, config: AdapterConfig | None = None) -> None:
         """Store the config; loading weights waits for :meth:`load`."""

@@ -144,7 +144,7 @@ class SampleProtocol:
     def record(self, sample: Sample, video: CachedVideo, ans: Answered) -> SampleRecord:
         """Score one answer and assemble its record."""
         gen = ans.generation
-        state = gen.prefill
+        state = gen.prefill.stats
         prediction, correct = self.dataset.score(gen.text, sample)
         flops = None
         if self.cfg.measure.flops:

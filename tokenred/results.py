@@ -35,6 +35,9 @@ from tokenred.measure.env import RunManifest, jsonable
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+RETIRED_FIELDS = frozenset({"agree_with_unreduced"})
+"""Record keys older stores may hold that no longer mean anything (never set);
+reading drops them instead of carrying them in ``meta['_extra']``."""
 __all__ = ["RunManifest", "RunStore", "SampleRecord", "run_id"]
 LATENCY_PHASES = ("vision", "reducer", "prefill", "decode_per_token", "e2e")
 
@@ -109,8 +112,6 @@ class SampleRecord:
         prediction: Extracted answer letter, or None.
         answer: Gold letter, or None.
         correct: ``prediction == answer`` (None when unknown).
-        agree_with_unreduced: Same prediction as the unreduced run (filled by the
-            report when a baseline exists).
         text: Raw generated text.
         n_visual_in: Visual tokens before reduction.
         n_visual_out: Visual tokens after reduction (achieved, not requested).
@@ -135,7 +136,6 @@ class SampleRecord:
     prediction: str | None = None
     answer: str | None = None
     correct: bool | None = None
-    agree_with_unreduced: bool | None = None
     text: str = ""
     n_visual_in: int | None = None
     n_visual_out: int | None = None
@@ -179,7 +179,9 @@ class SampleRecord:
         """Build a record from its JSON dict; unknown keys go to ``meta['_extra']``."""
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in names}
-        extra = {k: v for k, v in data.items() if k not in names}
+        extra = {
+            k: v for k, v in data.items() if k not in names and k not in RETIRED_FIELDS
+        }
         kwargs["flops"] = FlopsRecord(**_known(FlopsRecord, data.get("flops") or {}))
         kwargs["memory"] = MemoryRecord(
             **_known(MemoryRecord, data.get("memory") or {})

@@ -1,4 +1,4 @@
-"""Runtime helpers of the HF adapters: devices, kernels, loading, caches, sessions."""
+"""Runtime helpers of the HF adapters: devices, kernels, loading, caches, state."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class Session:
+class DecodingState:
     """Decoding state behind a :class:`~tokenred.adapter.PrefillResult`.
 
     Attributes:
@@ -147,16 +147,6 @@ def stop_ids(tokenizer: Any, model: Any) -> set[int]:
     if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
         eos.add(im_end)
     return eos
-
-
-def cache_bytes(cache: Any) -> int:
-    """Sum of key and value tensor bytes over every cache layer."""
-    total = 0
-    for layer in getattr(cache, "layers", []):
-        for t in (getattr(layer, "keys", None), getattr(layer, "values", None)):
-            if isinstance(t, Tensor):
-                total += t.numel() * t.element_size()
-    return total
 
 
 def cache_lengths(cache: Any) -> list[int]:

@@ -48,7 +48,6 @@ class LlavaNextVideoAdapter(HFVideoAdapter):
     model_types: ClassVar[tuple[str, ...]] = ("llava_next_video",)
     model_class = "LlavaNextVideoForConditionalGeneration"
     chat = VICUNA_CHAT
-    default_num_frames = 32
 
     def _pixels(
         self, frames: np.ndarray, timestamps: Sequence[float] | None

@@ -50,7 +50,6 @@ class LlavaOnevisionAdapter(HFVideoAdapter):
     model_types: ClassVar[tuple[str, ...]] = ("llava_onevision",)
     model_class = "LlavaOnevisionForConditionalGeneration"
     chat = QWEN_CHAT
-    default_num_frames = 32
 
     def _pixels(
         self, frames: np.ndarray, timestamps: Sequence[float] | None

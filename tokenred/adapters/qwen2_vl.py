@@ -92,7 +92,6 @@ class Qwen2VLAdapter(HFVideoAdapter):
     model_types: ClassVar[tuple[str, ...]] = ("qwen2_vl",)
     model_class = "Qwen2VLForConditionalGeneration"
     chat = QWEN_VL_CHAT
-    default_num_frames = 32
 
     def _vision(self) -> Any:
         return self._model.config.vision_config
