@@ -161,3 +161,20 @@ def test_no_importorskip_of_hard_dependencies():
             ):
                 offenders.append(f"{path.name}:{node.lineno}")
     assert "transformers" in hard and not offenders, offenders
+
+
+def test_runner_only_orchestrates():
+    # The runner hands work to the modules that own it (docs/architecture.md); a
+    # growing runner or import list means a concept is moving back into it.
+    path = ROOT / "runner.py"
+    text = path.read_text()
+    imported = set()
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
+            "tokenred."
+        ):
+            imported.add(node.module)
+        elif isinstance(node, ast.Import):
+            imported |= {a.name for a in node.names if a.name.startswith("tokenred.")}
+    assert len(text.splitlines()) <= 350
+    assert len(imported) <= 9, sorted(imported)

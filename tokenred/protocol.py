@@ -21,6 +21,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from tokenred.adapter import create_adapter
 from tokenred.errors import DataError
 from tokenred.measure import Timer, measure_repeats, reset_peak, sample_flops, timing
 from tokenred.measure.flops import equivalent_tokens
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from tokenred.adapter import Generation, ModelAdapter
     from tokenred.data import Sample, VideoDataset
     from tokenred.featcache import CachedVideo
+    from tokenred.registry import Registries
     from tokenred.schema import ExperimentConfig
     from tokenred.videos import VideoSource
 
@@ -79,6 +81,21 @@ class SampleProtocol:
         self.origin = origin
         self.device = device
         self.unreduced = cfg.reducer.name == BASELINE_REDUCER
+
+    @classmethod
+    def for_config(
+        cls, cfg: ExperimentConfig, registries: Registries
+    ) -> SampleProtocol:
+        """Build the reducer, the (unloaded) adapter and the dataset of ``cfg``.
+
+        Raises:
+            UnknownNameError: A reducer, model or dataset name is not registered.
+        """
+        entry = registries.reducers.entry(cfg.reducer.name)
+        reducer = entry.load()(cfg.reducer)
+        adapter = create_adapter(registries.models, cfg.model)
+        dataset = registries.datasets.get(cfg.data.name)(cfg.data)
+        return cls(cfg, adapter, dataset, reducer, origin=entry.origin(), device="cpu")
 
     def plan(self, sample_id: str) -> ReductionPlan | None:
         """Return the reduction plan of one sample (None for the unreduced run)."""

@@ -72,14 +72,25 @@ class KVReuse:
         return cls(protocol, k)
 
     def annotate(
-        self, video: CachedVideo, answered: Sequence[tuple[Sample, SampleRecord]]
+        self,
+        group: Sequence[Sample],
+        measured: Sequence[tuple[SampleRecord, CachedVideo | None]],
     ) -> None:
-        """Measure reuse over one video's answered samples; extend their records.
+        """Measure reuse over one video's answered questions; extend their records.
 
         Args:
-            video: The video's features.
-            answered: The video's samples with their ``ok`` records, in run order.
+            group: The video's pending questions, in run order.
+            measured: Their records and features from the protocol (features are
+                None where the video could not be read; those are left alone).
         """
+        answered = [
+            (sample, record)
+            for sample, (record, video) in zip(group, measured)
+            if video is not None
+        ]
+        video = next((v for _, v in measured if v is not None), None)
+        if video is None:
+            return
         for start in range(0, len(answered), self.k):
             chunk = answered[start : start + self.k]
             timings = self._measure(video, [s for s, _ in chunk])

@@ -19,26 +19,24 @@ reports the returned :class:`RunOutcome` values. See ``docs/architecture.md``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tokenred.adapter import create_adapter
 from tokenred.baselines import with_baselines
 from tokenred.config import to_dict, to_yaml
 from tokenred.protocol import SampleProtocol
 from tokenred.results import RunStore
 from tokenred.reuse import KVReuse
 from tokenred.runfiles import collect_manifest, loaded_device, write_metrics
-from tokenred.videos import VideoSource
+from tokenred.videos import VideoSource, by_video
 
 if TYPE_CHECKING:
-    from tokenred.data import Sample
+    from tokenred.config import ExperimentConfig, Study
     from tokenred.plugins import TokenredPluginManager
     from tokenred.registry import Registries
     from tokenred.results import SampleRecord
-    from tokenred.schema import ExperimentConfig, Study
 
 log = logging.getLogger(__name__)
 
@@ -73,16 +71,10 @@ def preflight(cfg: ExperimentConfig, registries: Registries) -> SampleProtocol:
     Raises:
         TokenredError: Unknown names, or a reducer/adapter/stage mismatch.
     """
-    entry = registries.reducers.entry(cfg.reducer.name)
-    reducer = entry.load()(cfg.reducer)
-    adapter = create_adapter(registries.models, cfg.model)
-    dataset = registries.datasets.get(cfg.data.name)(cfg.data)
-    protocol = SampleProtocol(
-        cfg, adapter, dataset, reducer, origin=entry.origin(), device="cpu"
-    )
+    protocol = SampleProtocol.for_config(cfg, registries)
     plan = protocol.plan("")
     if plan is not None:
-        adapter.check_plan(plan)
+        protocol.adapter.check_plan(plan)
     return protocol
 
 
@@ -150,7 +142,11 @@ def run_experiment(
         reuse = KVReuse.for_run(protocol)
         label = f"{cfg.reducer.name}@{cfg.budget.describe()}"
         for group in _progress(by_video(todo), label, progress):
-            for record in _run_video(protocol, source, reuse, group):
+            # One video's questions: answer each, then the per-video reuse step.
+            measured = [protocol.measure(sample, source) for sample in group]
+            if reuse is not None:
+                reuse.annotate(group, measured)
+            for record, _ in measured:
                 _append(store, record, outcome, pm)
         outcome.metrics = write_metrics(store, dataset)
         if pm is not None:
@@ -158,39 +154,7 @@ def run_experiment(
     return outcome
 
 
-def by_video(samples: Sequence[Sample]) -> list[list[Sample]]:
-    """Group samples by video, in order of each video's first question.
-
-    A video's questions are answered together, so its features are read once and
-    the KV-reuse step sees all of them.
-    """
-    groups: dict[str, list[Sample]] = {}
-    for sample in samples:
-        groups.setdefault(sample.video_id, []).append(sample)
-    return list(groups.values())
-
-
-def _run_video(
-    protocol: SampleProtocol,
-    source: VideoSource,
-    reuse: KVReuse | None,
-    group: Sequence[Sample],
-) -> list[SampleRecord]:
-    """Answer one video's pending questions; return their records in order."""
-    measured = [protocol.measure(sample, source) for sample in group]
-    if reuse is not None:
-        answered = [
-            (sample, record)
-            for sample, (record, video) in zip(group, measured)
-            if video is not None
-        ]
-        video = next((v for _, v in measured if v is not None), None)
-        if video is not None and answered:
-            reuse.annotate(video, answered)
-    return [record for record, _ in measured]
-
-
-def _progress(groups: list[list[Sample]], desc: str, enabled: bool) -> Iterable[Any]:
+def _progress(groups: list[list[Any]], desc: str, enabled: bool) -> Iterable[Any]:
     """Wrap the per-video groups in a progress bar counting questions."""
     if not enabled:
         return groups
@@ -204,7 +168,7 @@ def _progress(groups: list[list[Sample]], desc: str, enabled: bool) -> Iterable[
     )
 
 
-def _counted(groups: list[list[Sample]], bar: Any) -> Iterable[list[Sample]]:
+def _counted(groups: list[list[Any]], bar: Any) -> Iterable[list[Any]]:
     with bar:
         for group in groups:
             yield group
@@ -224,4 +188,4 @@ def _append(
         pm.hook.after_sample(record=record)
 
 
-__all__ = ["RunOutcome", "by_video", "preflight", "run_experiment", "run_study"]
+__all__ = ["RunOutcome", "preflight", "run_experiment", "run_study"]

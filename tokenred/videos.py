@@ -8,6 +8,7 @@ the cached entry, so every run of a study reports the same vision latency.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from tokenred.featcache import (
@@ -125,6 +126,18 @@ class VideoSource:
         )
 
 
+def by_video(samples: Sequence[Sample]) -> list[list[Sample]]:
+    """Group samples by video, in order of each video's first question.
+
+    A video's questions are answered together, so its features are read once and
+    the KV-reuse step sees all of them.
+    """
+    groups: dict[str, list[Sample]] = {}
+    for sample in samples:
+        groups.setdefault(sample.video_id, []).append(sample)
+    return list(groups.values())
+
+
 def _timed_encode(
     adapter: ModelAdapter, frames: Any, stamps: list[float], timer: Timer
 ) -> None:
@@ -132,4 +145,4 @@ def _timed_encode(
         adapter.encode_video(frames, stamps)
 
 
-__all__ = ["VideoSource"]
+__all__ = ["VideoSource", "by_video"]
