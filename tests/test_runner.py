@@ -57,17 +57,58 @@ def _strip(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+class _Observer:
+    """Plugin implementing every hook, recording each call the CLI and runner make."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+
+    @hookimpl
+    def register_reducers(self, register: Any) -> None:
+        self.calls.append(("register_reducers", register))
+
+    @hookimpl
+    def register_model_adapters(self, register: Any) -> None:
+        self.calls.append(("register_model_adapters", register))
+
+    @hookimpl
+    def register_datasets(self, register: Any) -> None:
+        self.calls.append(("register_datasets", register))
+
+    @hookimpl
+    def register_commands(self, subparsers: Any) -> None:
+        self.calls.append(("register_commands", subparsers))
+
+    @hookimpl
+    def before_run(self, config: Any, manifest: Any) -> None:
+        self.calls.append(("before_run", (config, manifest)))
+
+    @hookimpl
+    def after_sample(self, record: Any) -> None:
+        self.calls.append(("after_sample", record))
+
+    @hookimpl
+    def after_run(self, store: Any) -> None:
+        self.calls.append(("after_run", store))
+
+
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("synthetic")
 
 
 @pytest.fixture(scope="module")
+def observer() -> _Observer:
+    return _Observer()
+
+
+@pytest.fixture(scope="module")
 def first_run(
-    tmp_path_factory: pytest.TempPathFactory, data_root: Path
+    tmp_path_factory: pytest.TempPathFactory, data_root: Path, observer: _Observer
 ) -> tuple[Path, int]:
     root = tmp_path_factory.mktemp("runs")
-    code = main(_argv(root, data_root, "measure.latency=true", "measure.repeats=2"))
+    argv = _argv(root, data_root, "measure.latency=true", "measure.repeats=2")
+    code = main(argv, plugins=[observer])
     return root, code
 
 
@@ -337,42 +378,9 @@ def test_new_weights_at_the_same_path_start_new_runs(
     assert "3 reused" in capsys.readouterr().err
 
 
-class _Observer:
-    """Plugin implementing every hook, recording each call the CLI and runner make."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, Any]] = []
-
-    @hookimpl
-    def register_reducers(self, register: Any) -> None:
-        self.calls.append(("register_reducers", register))
-
-    @hookimpl
-    def register_model_adapters(self, register: Any) -> None:
-        self.calls.append(("register_model_adapters", register))
-
-    @hookimpl
-    def register_datasets(self, register: Any) -> None:
-        self.calls.append(("register_datasets", register))
-
-    @hookimpl
-    def register_commands(self, subparsers: Any) -> None:
-        self.calls.append(("register_commands", subparsers))
-
-    @hookimpl
-    def before_run(self, config: Any, manifest: Any) -> None:
-        self.calls.append(("before_run", (config, manifest)))
-
-    @hookimpl
-    def after_sample(self, record: Any) -> None:
-        self.calls.append(("after_sample", record))
-
-    @hookimpl
-    def after_run(self, store: Any) -> None:
-        self.calls.append(("after_run", store))
-
-
-def test_a_run_fires_every_hook_in_order(tmp_path: Path, data_root: Path) -> None:
+def test_a_run_fires_every_hook_in_order(
+    first_run: tuple[Path, int], observer: _Observer
+) -> None:
     import inspect
 
     from tokenred import hookspecs
@@ -382,8 +390,7 @@ def test_a_run_fires_every_hook_in_order(tmp_path: Path, data_root: Path) -> Non
         for name, fn in inspect.getmembers(hookspecs, inspect.isfunction)
         if hasattr(fn, "tokenred_spec")
     }
-    observer = _Observer()
-    assert main(_argv(tmp_path, data_root), plugins=[observer]) == 0
+    assert first_run[1] == 0
     fired = [name for name, _ in observer.calls]
     assert specs and set(fired) == specs, "a hook was never fired"
     run_calls = [c for c in observer.calls if not c[0].startswith("register_")]
@@ -394,8 +401,7 @@ def test_a_run_fires_every_hook_in_order(tmp_path: Path, data_root: Path) -> Non
             start : start + len(per_run)
         ]
         assert manifest.run_id == store.path.name, "before_run saw another run"
-        assert config.reducer.name == json.loads(
-            (store.path / "manifest.json").read_text()
-        )["config"]["reducer"]["name"]
+        written = json.loads((store.path / "manifest.json").read_text())["config"]
+        assert config.reducer.name == written["reducer"]["name"]
         stored = [r.to_dict() for r in store.records()]
         assert [r.to_dict() for _, r in samples] == stored, "after_sample != records"
