@@ -272,8 +272,10 @@ def test_calibrate_fits_thresholds_that_reach_the_average_budget(
 
 
 def test_calibrate_refuses_reducers_without_parameters(
-    tmp_path: Path, data_root: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    # Neither the checkpoint nor the videos exist: the refusal must come first,
+    # before any model or video is loaded.
     code = main(
         [
             "calibrate",
@@ -281,11 +283,13 @@ def test_calibrate_refuses_reducers_without_parameters(
             "random",
             "--budget",
             "0.3",
-            f"data.root={data_root}",
+            f"model.path={tmp_path / 'no-checkpoint'}",
+            f"data.root={tmp_path / 'no-videos'}",
         ]
     )
     assert code == 2
-    assert "has no calibration" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has no calibration" in err[0], err
 
 
 def test_incompatible_point_fails_before_anything_runs(
