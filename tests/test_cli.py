@@ -133,7 +133,7 @@ def test_run_hands_the_study_to_the_runner(capsys, fake_plugin, monkeypatch):
 
     seen: dict[str, Any] = {}
 
-    def run_study(study, registries, pm):
+    def run_study(study, registries, pm, progress=None):
         seen.update(study=study, registries=registries, pm=pm)
         return []
 

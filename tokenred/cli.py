@@ -237,8 +237,15 @@ def _cmd_run(session: Session, args: argparse.Namespace) -> int:
         return int(ExitCode.OK)
     from tokenred.runner import run_study
 
-    outcomes = run_study(study, session.registries, session.pm)
+    outcomes = run_study(study, session.registries, session.pm, progress=_bar)
     return _print_outcomes(outcomes)
+
+
+def _bar(label: str, total: int) -> Any:
+    """A progress bar on stderr (hidden when stderr is not a terminal)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=label, unit="q", leave=False, disable=None)
 
 
 def _print_outcomes(outcomes: Sequence[RunOutcome]) -> int:

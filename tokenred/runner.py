@@ -19,7 +19,7 @@ reports the returned :class:`RunOutcome` values. See ``docs/architecture.md``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,6 +39,9 @@ if TYPE_CHECKING:
     from tokenred.results import SampleRecord
 
 log = logging.getLogger(__name__)
+
+ProgressFactory = Callable[[str, int], Any]
+"""``(label, total) -> bar`` with ``update(n)`` and ``close()``, e.g. ``tqdm``."""
 
 
 @dataclass
@@ -83,7 +86,7 @@ def run_study(
     registries: Registries,
     pm: TokenredPluginManager | None = None,
     *,
-    progress: bool = True,
+    progress: ProgressFactory | None = None,
 ) -> list[RunOutcome]:
     """Run every experiment of a study (unreduced baselines first).
 
@@ -103,9 +106,17 @@ def run_experiment(
     registries: Registries,
     pm: TokenredPluginManager | None = None,
     *,
-    progress: bool = True,
+    progress: ProgressFactory | None = None,
 ) -> RunOutcome:
     """Run (or resume) one experiment and return its outcome.
+
+    Args:
+        cfg: The run's config.
+        registries: Where its reducer, model and dataset are found.
+        pm: The plugin manager whose run hooks fire (none without it).
+        progress: Optional factory of a progress bar (``tqdm``-like: ``update(n)``
+            and ``close()``) given a label and the number of questions; the CLI
+            passes one, the runner itself never writes to the terminal.
 
     Raises:
         TokenredError: For configuration, compatibility or model-loading problems;
@@ -154,25 +165,20 @@ def run_experiment(
     return outcome
 
 
-def _progress(groups: list[list[Any]], desc: str, enabled: bool) -> Iterable[Any]:
-    """Wrap the per-video groups in a progress bar counting questions."""
-    if not enabled:
-        return groups
-    from tqdm.auto import tqdm
-
-    return _counted(
-        groups,
-        tqdm(
-            total=sum(map(len, groups)), desc=desc, unit="q", leave=False, disable=None
-        ),
-    )
-
-
-def _counted(groups: list[list[Any]], bar: Any) -> Iterable[list[Any]]:
-    with bar:
+def _progress(
+    groups: list[list[Any]], label: str, progress: ProgressFactory | None
+) -> Iterator[list[Any]]:
+    """Yield the per-video groups, advancing the caller's bar by questions."""
+    if progress is None:
+        yield from groups
+        return
+    bar = progress(label, sum(map(len, groups)))
+    try:
         for group in groups:
             yield group
             bar.update(len(group))
+    finally:
+        bar.close()
 
 
 def _append(
