@@ -25,17 +25,16 @@ import numpy as np
 import torch
 
 from tokenred.errors import CompatibilityError, ConfigError, ModelLoadError, PluginError
-from tokenred.model_io import (
-    Generation,
-    PrefillResult,
-    PrefillStats,
-    PrefixCache,
-    VideoFeatures,
-)
 from tokenred.tokens import Need, Stage
 
 if TYPE_CHECKING:
     from tokenred.arch import ArchSpec
+    from tokenred.model_io import (
+        Generation,
+        PrefillResult,
+        PrefixCache,
+        VideoFeatures,
+    )
     from tokenred.plan import ReductionPlan
     from tokenred.registry import Registry
 
@@ -44,12 +43,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "AdapterConfig",
     "DType",
-    "Generation",
     "ModelAdapter",
-    "PrefillResult",
-    "PrefillStats",
-    "PrefixCache",
-    "VideoFeatures",
     "create_adapter",
     "resolve_model_name",
 ]

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from tokenred.adapter import ModelAdapter, VideoFeatures
+    from tokenred.adapter import ModelAdapter
     from tokenred.data import FrameSampling
+    from tokenred.model_io import VideoFeatures
     from tokenred.schema import ExperimentConfig
 
 log = logging.getLogger(__name__)
@@ -118,7 +119,7 @@ class FeatureCache:
         tensors, meta = self._paths(key)
         if not (tensors.is_file() and meta.is_file()):
             return None
-        from tokenred.adapter import VideoFeatures
+        from tokenred.model_io import VideoFeatures
 
         try:
             info = json.loads(meta.read_text(encoding="utf-8"))

@@ -1,6 +1,7 @@
 """What flows in and out of a model adapter: visual tokens, prefill state, answers.
 
-These plain dataclasses are re-exported by :mod:`tokenred.adapter`. A
+These plain dataclasses live here and only here (the adapter interface in
+:mod:`tokenred.adapter` uses them). A
 :class:`PrefillResult` separates what decoding continues from (logits, the adapter's
 private :attr:`PrefillResult.decoding` state) from what the run records
 (:class:`PrefillStats`).

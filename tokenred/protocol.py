@@ -31,9 +31,10 @@ from tokenred.reducer import BASELINE_REDUCER
 from tokenred.results import FlopsRecord, MemoryRecord, SampleRecord
 
 if TYPE_CHECKING:
-    from tokenred.adapter import Generation, ModelAdapter
+    from tokenred.adapter import ModelAdapter
     from tokenred.data import Sample, VideoDataset
     from tokenred.featcache import CachedVideo
+    from tokenred.model_io import Generation
     from tokenred.registry import Registries
     from tokenred.schema import ExperimentConfig
     from tokenred.videos import VideoSource

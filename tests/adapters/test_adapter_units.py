@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from tokenred.adapter import VideoFeatures
 from tokenred.adapters._common import (
     check_frames,
     normalize,
@@ -20,6 +19,7 @@ from tokenred.adapters.qwen2_vl import patchify
 from tokenred.builtin.reducers import NoneReducer
 from tokenred.errors import ConfigError, DataError
 from tokenred.insertion import sample_generator
+from tokenred.model_io import VideoFeatures
 from tokenred.plan import BudgetSpec, ReductionPlan
 from tokenred.schema import InsertionConfig
 from tokenred.tokens import Stage

@@ -25,13 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tokenred.adapter import (
-    Generation,
-    ModelAdapter,
-    PrefillResult,
-    PrefixCache,
-    VideoFeatures,
-)
+from tokenred.adapter import ModelAdapter
 from tokenred.adapters._common import ChatTemplate, check_checkpoint_dir, check_frames
 from tokenred.adapters._inference import (
     greedy_decode,
@@ -52,6 +46,7 @@ from tokenred.insertion import (
     Layout,
     scrub_position_ids,
 )
+from tokenred.model_io import Generation, PrefillResult, PrefixCache, VideoFeatures
 
 if TYPE_CHECKING:
     from tokenred.plan import ReductionPlan

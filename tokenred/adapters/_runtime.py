@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class DecodingState:
-    """Decoding state behind a :class:`~tokenred.adapter.PrefillResult`.
+    """Decoding state behind a :class:`~tokenred.model_io.PrefillResult`.
 
     Attributes:
         cache: The ``DynamicCache`` (layers < K hold ``L``, layers >= K ``L'``).

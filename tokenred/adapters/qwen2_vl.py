@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tokenred.adapter import AdapterConfig, VideoFeatures
+from tokenred.adapter import AdapterConfig
 from tokenred.adapters._common import (
     CLIP_MEAN,
     CLIP_STD,
@@ -33,6 +33,7 @@ from tokenred.adapters._common import (
 )
 from tokenred.adapters._hf import HFVideoAdapter
 from tokenred.arch import VisionSpec
+from tokenred.model_io import VideoFeatures
 
 
 @dataclass
