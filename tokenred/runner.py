@@ -153,10 +153,13 @@ def run_experiment(
         reuse = KVReuse.for_run(protocol)
         label = f"{cfg.reducer.name}@{cfg.budget.describe()}"
         for group in _progress(by_video(todo), label, progress):
+            if reuse is None:  # each record is durable as soon as it exists
+                for sample in group:
+                    _append(store, protocol.measure(sample, source)[0], outcome, pm)
+                continue
             # One video's questions: answer each, then the per-video reuse step.
             measured = [protocol.measure(sample, source) for sample in group]
-            if reuse is not None:
-                reuse.annotate(group, measured)
+            reuse.annotate(group, measured)
             for record, _ in measured:
                 _append(store, record, outcome, pm)
         outcome.metrics = write_metrics(store, dataset)
