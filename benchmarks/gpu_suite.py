@@ -218,7 +218,7 @@ def _sibling(name: str) -> Any:
 
 def make_video(adapter: Any, frames: int) -> Any:
     """Return ``VideoFeatures`` of ``frames`` frames in the adapter's token layout."""
-    from tokenred.adapter import VideoFeatures
+    from tokenred.model_io import VideoFeatures
 
     arch = adapter.arch
     vis = arch.vision
@@ -399,7 +399,7 @@ def _short(filename: str) -> str:
 
 
 class _ReducerMarks:
-    """``plan.timer`` stand-in: times the phase and marks its slice of the warnings."""
+    """Active-timer stand-in: times the phase and marks its slice of the warnings."""
 
     def __init__(
         self,
@@ -489,7 +489,7 @@ def make_plan(regs: Any, case: Case) -> Any:
     """Build the framework's :class:`ReductionPlan` for ``case`` (None: unreduced)."""
     if case.reducer == "none":
         return None
-    from tokenred.adapter import BudgetSpec, ReductionPlan
+    from tokenred.plan import BudgetSpec, ReductionPlan
     from tokenred.tokens import Stage
 
     entry = regs.reducers.entry(case.reducer)
@@ -510,15 +510,15 @@ def measure_case(
 ) -> dict[str, Any]:
     """Time one case with the runner's protocol, then probe syncs and memory."""
     from tokenred.measure import measure_repeats, prefill_flops, reset_peak
+    from tokenred.measure.latency import timing
 
     plan = make_plan(regs, case)
     sdpa = args.sdpa_used
     cuda = adapter.device.type == "cuda"
 
     def once(timer: Any) -> Any:
-        if plan is not None:
-            plan.timer = timer
-        with sdpa_context(sdpa), timer("prefill"):
+        # The engine times the reducer on the active timer (measure.timing).
+        with timing(timer), sdpa_context(sdpa), timer("prefill"):
             return adapter.prefill(video, PROMPT, plan)
 
     rep = measure_repeats(
@@ -540,10 +540,9 @@ def measure_case(
     probe = reset_peak(adapter.device)
     method = "cuda" if cuda else "cpu_proxy"
     with count_syncs(method) as (caught, syncs), MaskWatch(adapter.layers) as masks:
-        if plan is not None:
-            plan.timer = _ReducerMarks(None, caught, syncs)
-        with sdpa_context(sdpa):
-            state = adapter.prefill(video, PROMPT, plan)
+        marks = _ReducerMarks(None, caught, syncs)
+        with timing(marks), sdpa_context(sdpa):  # type: ignore[arg-type]
+            state = adapter.prefill(video, PROMPT, plan).stats
     if cuda:  # outside the counted region: an explicit synchronize counts too
         torch.cuda.synchronize(adapter.device)
     peak = probe.peak_bytes()

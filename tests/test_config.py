@@ -305,3 +305,34 @@ def test_budget_resolve():
     assert BudgetConfig(ratio=0.25, tokens=None).resolve(10) == 3, "round half up"
     assert BudgetConfig(ratio=0.01, tokens=None).resolve(10) == 1, "never 0"
     assert BudgetConfig(ratio=None, tokens=64).resolve(10) == 10, "at most N"
+
+
+def test_run_ids_of_existing_stores_are_stable():
+    # The serialised config is the run id's input: these are the ids (without the
+    # weights part) of `make run`'s two runs as recorded before the runner was split
+    # (runs/default/4418e3dd3ab7 and 7be99bf1910f); a serialiser change that moved
+    # them would orphan every existing run store.
+    from tokenred.baselines import baseline_config
+    from tokenred.plugins import get_plugin_manager
+    from tokenred.registry import Registries
+    from tokenred.results import run_id
+
+    regs = Registries.from_plugin_manager(get_plugin_manager())
+    cfg = load_config(reducer="sttm", registries=regs)
+    assert run_id(to_dict(cfg)) == "e5357a8d7c28"
+    assert run_id(to_dict(baseline_config(cfg, regs))) == "c1135f3e14c3"
+
+
+def test_budget_checks_share_one_wording():
+    from tokenred.plan import BudgetSpec
+
+    messages = []
+    for build in (
+        lambda: BudgetSpec(ratio=1.5),
+        lambda: BudgetConfig(ratio=1.5, tokens=None),
+        lambda: parse_budget("1.5"),
+    ):
+        with pytest.raises(ConfigError) as excinfo:
+            build()
+        messages.append(str(excinfo.value))
+    assert len(set(messages)) == 1, messages

@@ -247,3 +247,11 @@ def test_manifest_collect_records_versions_and_device() -> None:
     ]
     assert set(m.git) == {"sha", "dirty"}
     assert json.loads(json.dumps(m.to_dict()))["random_weights"] is True
+
+
+def test_retired_record_keys_are_dropped_on_read() -> None:
+    # Stores written before agree_with_unreduced was removed (it was never set).
+    old = {"id": "a", "agree_with_unreduced": None, "surprise": 1}
+    record = SampleRecord.from_dict(old)
+    assert record.meta["_extra"] == {"surprise": 1}
+    assert "agree_with_unreduced" not in record.to_dict()

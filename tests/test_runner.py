@@ -57,17 +57,58 @@ def _strip(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+class _Observer:
+    """Plugin implementing every hook, recording each call the CLI and runner make."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+
+    @hookimpl
+    def register_reducers(self, register: Any) -> None:
+        self.calls.append(("register_reducers", register))
+
+    @hookimpl
+    def register_model_adapters(self, register: Any) -> None:
+        self.calls.append(("register_model_adapters", register))
+
+    @hookimpl
+    def register_datasets(self, register: Any) -> None:
+        self.calls.append(("register_datasets", register))
+
+    @hookimpl
+    def register_commands(self, subparsers: Any) -> None:
+        self.calls.append(("register_commands", subparsers))
+
+    @hookimpl
+    def before_run(self, config: Any, manifest: Any) -> None:
+        self.calls.append(("before_run", (config, manifest)))
+
+    @hookimpl
+    def after_sample(self, record: Any) -> None:
+        self.calls.append(("after_sample", record))
+
+    @hookimpl
+    def after_run(self, store: Any) -> None:
+        self.calls.append(("after_run", store))
+
+
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("synthetic")
 
 
 @pytest.fixture(scope="module")
+def observer() -> _Observer:
+    return _Observer()
+
+
+@pytest.fixture(scope="module")
 def first_run(
-    tmp_path_factory: pytest.TempPathFactory, data_root: Path
+    tmp_path_factory: pytest.TempPathFactory, data_root: Path, observer: _Observer
 ) -> tuple[Path, int]:
     root = tmp_path_factory.mktemp("runs")
-    code = main(_argv(root, data_root, "measure.latency=true", "measure.repeats=2"))
+    argv = _argv(root, data_root, "measure.latency=true", "measure.repeats=2")
+    code = main(argv, plugins=[observer])
     return root, code
 
 
@@ -231,8 +272,10 @@ def test_calibrate_fits_thresholds_that_reach_the_average_budget(
 
 
 def test_calibrate_refuses_reducers_without_parameters(
-    tmp_path: Path, data_root: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    # Neither the checkpoint nor the videos exist: the refusal must come first,
+    # before any model or video is loaded.
     code = main(
         [
             "calibrate",
@@ -240,11 +283,13 @@ def test_calibrate_refuses_reducers_without_parameters(
             "random",
             "--budget",
             "0.3",
-            f"data.root={data_root}",
+            f"model.path={tmp_path / 'no-checkpoint'}",
+            f"data.root={tmp_path / 'no-videos'}",
         ]
     )
     assert code == 2
-    assert "has no calibration" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has no calibration" in err[0], err
 
 
 def test_incompatible_point_fails_before_anything_runs(
@@ -335,3 +380,32 @@ def test_new_weights_at_the_same_path_start_new_runs(
     assert weights == {"random-init-seed-0", fingerprint}
     assert main(argv) == 0  # the same weights again: everything reused
     assert "3 reused" in capsys.readouterr().err
+
+
+def test_a_run_fires_every_hook_in_order(
+    first_run: tuple[Path, int], observer: _Observer
+) -> None:
+    import inspect
+
+    from tokenred import hookspecs
+
+    specs = {
+        name
+        for name, fn in inspect.getmembers(hookspecs, inspect.isfunction)
+        if hasattr(fn, "tokenred_spec")
+    }
+    assert first_run[1] == 0
+    fired = [name for name, _ in observer.calls]
+    assert specs and set(fired) == specs, "a hook was never fired"
+    run_calls = [c for c in observer.calls if not c[0].startswith("register_")]
+    per_run = ["before_run", *["after_sample"] * 3, "after_run"]
+    assert [name for name, _ in run_calls] == per_run * 2, "two runs, in order"
+    for start in (0, len(per_run)):
+        (_, (config, manifest)), *samples, (_, store) = run_calls[
+            start : start + len(per_run)
+        ]
+        assert manifest.run_id == store.path.name, "before_run saw another run"
+        written = json.loads((store.path / "manifest.json").read_text())["config"]
+        assert config.reducer.name == written["reducer"]["name"]
+        stored = [r.to_dict() for r in store.records()]
+        assert [r.to_dict() for _, r in samples] == stored, "after_sample != records"

@@ -7,7 +7,7 @@ plugin, model or config: that happens when the CLI or the runner asks.
 from __future__ import annotations
 
 from tokenred.arch import ArchSpec, VisionSpec
-from tokenred.errors import ContractError, TokenredError, UsageError
+from tokenred.errors import ConfigError, ContractError, TokenredError, UsageError
 from tokenred.hookspecs import hookimpl
 from tokenred.plugins import get_plugin_manager
 from tokenred.reducer import ReducerConfig, TokenReducer
@@ -26,6 +26,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ArchSpec",
+    "ConfigError",
     "ContractError",
     "Need",
     "PositionPolicy",

@@ -25,26 +25,25 @@ import numpy as np
 import torch
 
 from tokenred.errors import CompatibilityError, ConfigError, ModelLoadError, PluginError
-from tokenred.model_io import Generation, PrefillResult, PrefixCache, VideoFeatures
-from tokenred.plan import BudgetSpec, ReductionPlan
 from tokenred.tokens import Need, Stage
 
 if TYPE_CHECKING:
     from tokenred.arch import ArchSpec
+    from tokenred.model_io import (
+        Generation,
+        PrefillResult,
+        PrefixCache,
+        VideoFeatures,
+    )
+    from tokenred.plan import ReductionPlan
     from tokenred.registry import Registry
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "AdapterConfig",
-    "BudgetSpec",
     "DType",
-    "Generation",
     "ModelAdapter",
-    "PrefillResult",
-    "PrefixCache",
-    "ReductionPlan",
-    "VideoFeatures",
     "create_adapter",
     "resolve_model_name",
 ]
@@ -135,8 +134,6 @@ class ModelAdapter(ABC):
     """Architecture family, e.g. ``"llava_onevision"``."""
     model_types: ClassVar[tuple[str, ...]] = ()
     """``config.json`` ``model_type`` values this adapter loads (``--model PATH``)."""
-    default_num_frames: ClassVar[int | None] = None
-    """Frames the model is usually run with, when the dataset does not say."""
 
     def __init__(self, config: AdapterConfig | None = None) -> None:
         """Store the config; loading weights waits for :meth:`load`."""

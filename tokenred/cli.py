@@ -16,11 +16,14 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tokenred.errors import ExitCode, TokenredError, UsageError
+from tokenred.errors import ExitCode, TokenredError
 from tokenred.plugins import TokenredPluginManager, get_plugin_manager
 from tokenred.registry import Entry, Registries
+
+if TYPE_CHECKING:
+    from tokenred.runner import RunOutcome
 
 log = logging.getLogger(__name__)
 
@@ -239,17 +242,41 @@ def _cmd_run(session: Session, args: argparse.Namespace) -> int:
             print(f"# run {i}/{total}" + (f": {swept}" if swept else ""))
             print(to_yaml(cfg), end="")
         return int(ExitCode.OK)
-    try:
-        from tokenred.runner import run_from_cli
-    except ModuleNotFoundError as exc:
-        if exc.name != "tokenred.runner":
-            raise
-        msg = (
-            "this installation has no runner (tokenred.runner is missing); "
-            "use --dry-run to check the config"
+    from tokenred.runner import run_study
+
+    outcomes = run_study(study, session.registries, session.pm, progress=_bar)
+    return _print_outcomes(outcomes)
+
+
+def _bar(label: str, total: int) -> Any:
+    """A progress bar on stderr (hidden when stderr is not a terminal)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=label, unit="q", leave=False, disable=None)
+
+
+def _print_outcomes(outcomes: Sequence[RunOutcome]) -> int:
+    """Print each run's status line (stderr) and the summary table (stdout).
+
+    Returns:
+        0 when every sample produced an answer, 1 when some samples errored.
+    """
+    from tokenred.report import summary_table
+
+    errors = 0
+    for out in outcomes:
+        status = f"{out.new_records} new, {out.reused} reused" + (
+            f", {out.errors} errors" if out.errors else ""
         )
-        raise UsageError(msg) from None
-    return int(run_from_cli(study, session.registries, session.pm))
+        print(f"run {out.store.path}: {status}", file=sys.stderr)
+        errors += sum(1 for r in out.store.records() if r.status != "ok")
+    print(summary_table([o.store for o in outcomes]), end="")
+    if any((o.store.read_manifest() or {}).get("random_weights") for o in outcomes):
+        print(
+            "note: the model has RANDOM weights (no trained checkpoint); accuracy "
+            "is meaningless, costs are real"
+        )
+    return int(ExitCode.RUN_FAILED if errors else ExitCode.OK)
 
 
 def _origin(entry: Entry[Any]) -> dict[str, Any]:
@@ -381,8 +408,8 @@ def _cmd_check(session: Session, args: argparse.Namespace) -> int:
 
 
 def _cmd_calibrate(session: Session, args: argparse.Namespace) -> int:
+    from tokenred.calibration import calibrate_reducer
     from tokenred.config import load_config
-    from tokenred.runner import calibrate_reducer
 
     cfg = load_config(args.config, **_config_sources(session, args))
     overrides, info = calibrate_reducer(cfg, session.registries, videos=args.videos)
@@ -397,13 +424,8 @@ def _cmd_calibrate(session: Session, args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    try:
-        from tokenred.report import main_report
-    except ModuleNotFoundError as exc:
-        if exc.name != "tokenred.report":
-            raise
-        msg = "this installation has no report module (tokenred.report is missing)"
-        raise UsageError(msg) from None
+    from tokenred.report import main_report
+
     out = main_report(args.run_dirs, args.out, latency=args.latency)
     print(f"report written to {out}")
     return int(ExitCode.OK)

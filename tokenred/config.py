@@ -337,7 +337,9 @@ def _resolve(layers: Sequence[_Layer], registries: Registries) -> ExperimentConf
     model_name = _selected(merged, "model", AdapterConfig().name)
     model_key, model_path = resolve_model_name(registries.models, model_name)
     entries = {
-        "reducer": registries.reducers.entry(_selected(merged, "reducer", "none")),
+        "reducer": registries.reducers.entry(
+            _selected(merged, "reducer", ReducerConfig().name)
+        ),
         "model": registries.models.entry(model_key),
         "data": registries.datasets.entry(_selected(merged, "data", DataConfig().name)),
     }

@@ -192,7 +192,7 @@ class VideoDataset(ABC):
             keep = keep[: self.config.limit]
         return keep
 
-    def decode(
+    def decode_frames(
         self, sample: Sample, sampling: FrameSampling | None = None
     ) -> DecodedVideo:
         """Decode the sample's video with the dataset's sampling (or ``sampling``).

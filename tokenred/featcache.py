@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from tokenred.adapter import ModelAdapter, VideoFeatures
+    from tokenred.adapter import ModelAdapter
     from tokenred.data import FrameSampling
+    from tokenred.model_io import VideoFeatures
+    from tokenred.schema import ExperimentConfig
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,16 @@ class CachedVideo:
     vision_ms: list[float] = field(default_factory=list)
     decode_ms: float | None = None
     hit: bool = False
+
+
+def feature_cache_root(cfg: ExperimentConfig) -> Path | None:
+    """Return ``output.root/_features``, or None when ``output.feature_cache`` is off.
+
+    Runs and calibration share it, so a study's videos are encoded once.
+    """
+    if not cfg.output.feature_cache:
+        return None
+    return Path(cfg.output.root) / "_features"
 
 
 def _video_identity(path: str) -> dict[str, Any]:
@@ -107,7 +119,7 @@ class FeatureCache:
         tensors, meta = self._paths(key)
         if not (tensors.is_file() and meta.is_file()):
             return None
-        from tokenred.adapter import VideoFeatures
+        from tokenred.model_io import VideoFeatures
 
         try:
             info = json.loads(meta.read_text(encoding="utf-8"))

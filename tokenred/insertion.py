@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -35,6 +34,7 @@ from torch import Tensor, nn
 
 from tokenred._capture import last_query_attention, visual_keys
 from tokenred.errors import CompatibilityError, ContractError
+from tokenred.measure.latency import phase
 from tokenred.splicing import (
     Layout,
     Spliced,
@@ -55,7 +55,7 @@ from tokenred.tokens import (
 if TYPE_CHECKING:
     from torch.utils.hooks import RemovableHandle
 
-    from tokenred.adapter import ReductionPlan
+    from tokenred.plan import ReductionPlan
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +64,11 @@ __all__ = [
     "Layout",
     "Spliced",
     "build_spliced",
+    "layer_lengths",
     "reduce_pre_llm",
     "resolve_policy",
     "run_reducer",
     "sample_generator",
-    "schedules",
     "scrub_position_ids",
     "splice",
 ]
@@ -96,8 +96,18 @@ def run_reducer(
     attention: Tensor | None = None,
     query: Tensor | None = None,
     keys: Tensor | None = None,
-) -> Reduction:
-    """Build the context, call the reducer under ``plan.timer`` and validate.
+) -> tuple[Reduction, int]:
+    """Build the context, call the reducer under the ``reducer`` phase and validate.
+
+    The budget is resolved here, once per reduction, from the tokens the reducer
+    actually sees; the reducer receives it and the run records it (returned next to
+    the reduction), so the two can never disagree.
+
+    The phase reports to the timer the measurement protocol made active (see
+    :func:`tokenred.measure.latency.timing`); outside a measurement it costs nothing.
+
+    Returns:
+        The validated reduction and the token budget it was given.
 
     Raises:
         ContractError: If the reducer's result breaks the contract.
@@ -114,13 +124,13 @@ def run_reducer(
         head_dim=head_dim,
         sample_id=plan.sample_id,
     )
-    timer = plan.timer("reducer") if plan.timer is not None else nullcontext()
-    with timer:
+    with phase("reducer"):
         result = plan.reducer.reduce(tokens, ctx)
-    return validate_reduction(tokens, result, ctx.budget, reducer=plan.label)
+    checked = validate_reduction(tokens, result, ctx.budget, reducer=plan.label)
+    return checked, ctx.budget
 
 
-def schedules(
+def layer_lengths(
     num_layers: int, layer: int, length: int, reduced: int, n_in: int, n_out: int
 ) -> tuple[list[int], list[int]]:
     """Return per-layer (sequence, visual) lengths: unreduced below ``layer``."""
@@ -194,6 +204,7 @@ class LayerReduction:
         self.k = plan.layer
         self.reduction: Reduction | None = None
         self.spliced: Spliced | None = None
+        self.budget: int | None = None
         self.prefill_len = layout.length
         self.positions: Tensor | None = None
         self._handles: list[RemovableHandle] = []
@@ -211,6 +222,7 @@ class LayerReduction:
             head_dim=self.head_dim,
         )
         twin.reduction, twin.spliced = self.reduction, self.spliced
+        twin.budget = self.budget
         twin.prefill_len = self.prefill_len
         return twin
 
@@ -273,7 +285,7 @@ class LayerReduction:
         lay = self.layout
         vs, n = lay.vis_start, lay.n_visual
         tokens = VisualTokens.from_grid(hs[0, vs : vs + n], lay.grid)
-        reduction = run_reducer(
+        reduction, budget = run_reducer(
             self.plan,
             tokens,
             head_dim=self.head_dim,
@@ -294,7 +306,7 @@ class LayerReduction:
         if mask is not None:
             upper["attention_mask"] = mask.index_select(-2, idx).index_select(-1, idx)
         self._upper = upper
-        self.reduction, self.spliced = reduction, sp
+        self.reduction, self.spliced, self.budget = reduction, sp, budget
         self._captured = {}
         return out
 
@@ -326,14 +338,18 @@ def reduce_pre_llm(
     *,
     head_dim: int,
     query: Tensor | None,
-) -> tuple[Reduction, Spliced]:
-    """Reduce projected visual features ``[N, C]`` before the LLM."""
+) -> tuple[Reduction, Spliced, int]:
+    """Reduce projected visual features ``[N, C]`` before the LLM.
+
+    Returns:
+        The reduction, its splice into the sequence, and the budget it was given.
+    """
     if plan.stage is not Stage.PRE_LLM:
         msg = f"reduce_pre_llm called for stage {plan.stage.value}"
         raise CompatibilityError(msg)
     tokens = VisualTokens.from_grid(features, layout.grid)
-    reduction = run_reducer(plan, tokens, head_dim=head_dim, query=query)
-    return reduction, build_spliced(layout, tokens, reduction, policy)
+    reduction, budget = run_reducer(plan, tokens, head_dim=head_dim, query=query)
+    return reduction, build_spliced(layout, tokens, reduction, policy), budget
 
 
 def scrub_position_ids(layers: Sequence[nn.Module]) -> list[RemovableHandle]:

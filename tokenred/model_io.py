@@ -1,8 +1,10 @@
 """What flows in and out of a model adapter: visual tokens, prefill state, answers.
 
-These plain dataclasses are re-exported by :mod:`tokenred.adapter`; the runner
-records their public fields, and adapters keep their private decoding state in
-:attr:`PrefillResult.session`.
+These plain dataclasses live here and only here (the adapter interface in
+:mod:`tokenred.adapter` uses them). A
+:class:`PrefillResult` separates what decoding continues from (logits, the adapter's
+private :attr:`PrefillResult.decoding` state) from what the run records
+(:class:`PrefillStats`).
 """
 
 from __future__ import annotations
@@ -91,9 +93,13 @@ class VideoFeatures:
         )
 
 
+UNREDUCED_STAGE = "none"
+""":attr:`PrefillStats.stage` of an unreduced prefill."""
+
+
 @dataclass
-class PrefillResult:
-    """State after prefill, ready to decode, plus what the runner records.
+class PrefillStats:
+    """What a prefill did, as the run records it (no tensors, no live state).
 
     Attributes:
         n_visual_in: Visual tokens before reduction ``N``.
@@ -103,15 +109,12 @@ class PrefillResult:
         reduction_info: The reducer's diagnostics.
         kv_cache_bytes: Bytes of all cached keys and values after prefill.
         prompt_len: Prefill length before reduction (text + visual).
-        logits: ``[V]`` float32 logits of the next token.
-        stage: Where the reduction ran ("none" when unreduced).
+        stage: Where the reduction ran (:data:`UNREDUCED_STAGE` when unreduced).
         layer: Insertion layer K.
         policy: Position policy applied ("" when unreduced).
-        budget: The resolved token budget (None when unreduced).
-        reduction: The validated reduction (assignment, coords), if any.
+        budget: The token budget the reducer was given (None when unreduced).
         prefix_schedule: For answers from a prefix cache, the per-layer length of
             the reused cache; ``schedule - prefix_schedule`` tokens were computed.
-        session: Adapter-internal decoding state (cache, positions, hooks).
     """
 
     n_visual_in: int
@@ -121,17 +124,14 @@ class PrefillResult:
     reduction_info: dict[str, float]
     kv_cache_bytes: int
     prompt_len: int
-    logits: Tensor
-    stage: str = "none"
+    stage: str = UNREDUCED_STAGE
     layer: int = 0
     policy: str = ""
     budget: int | None = None
-    reduction: Reduction | None = None
     prefix_schedule: list[int] | None = None
-    session: Any = field(default=None, repr=False)
 
     def summary(self) -> dict[str, Any]:
-        """Return the JSON-ready fields the runner records."""
+        """Return the fields as JSON-ready values."""
         return {
             "n_visual_in": self.n_visual_in,
             "n_visual_out": self.n_visual_out,
@@ -146,6 +146,24 @@ class PrefillResult:
             "budget": self.budget,
             "prefix_schedule": self.prefix_schedule,
         }
+
+
+@dataclass
+class PrefillResult:
+    """State after prefill: what decoding continues from, plus what it did.
+
+    Attributes:
+        logits: ``[V]`` float32 logits of the next token.
+        stats: What the prefill did (tokens, per-layer lengths, cache bytes), the
+            part a run records.
+        reduction: The validated reduction (assignment, coords), if any.
+        decoding: Adapter-internal decoding state (cache, positions, hooks).
+    """
+
+    logits: Tensor
+    stats: PrefillStats
+    reduction: Reduction | None = None
+    decoding: Any = field(default=None, repr=False)
 
 
 @dataclass

@@ -6,16 +6,77 @@ Re-exported by :mod:`tokenred.adapter`.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from tokenred.errors import CompatibilityError, ConfigError
+from tokenred.errors import ConfigError
 from tokenred.tokens import PositionPolicy, Stage
 
 if TYPE_CHECKING:
     from tokenred.reducer import TokenReducer
+
+
+BUDGET_HINT = (
+    "give a fraction of the visual tokens in (0, 1] such as 0.3, or an integer "
+    "token count >= 1 such as 64"
+)
+
+
+def budget_error(what: str) -> ConfigError:
+    """Return the one-line budget error: what is wrong, then the valid forms."""
+    return ConfigError(f"budget: {what}; {BUDGET_HINT}")
+
+
+def check_budget(ratio: object, tokens: object) -> None:
+    """Validate a budget pair: exactly one of ratio and tokens, each in range.
+
+    The one budget check: config files, flags, overrides and a
+    :class:`BudgetSpec` built in code all end here, so every path gives the same
+    message.
+
+    Raises:
+        ConfigError: One line saying what is wrong and what is valid.
+    """
+    if ratio is not None and tokens is not None:
+        raise budget_error(
+            f"both budget.ratio={ratio} and budget.tokens={tokens} are set"
+        )
+    if ratio is None and tokens is None:
+        raise budget_error("neither budget.ratio nor budget.tokens is set")
+    if ratio is not None:
+        if isinstance(ratio, bool) or not isinstance(ratio, int | float):
+            raise budget_error(f"ratio {ratio!r} is not a number")
+        if not 0 < ratio <= 1:
+            raise budget_error(f"ratio {ratio} is outside (0, 1]")
+    elif isinstance(tokens, bool) or not isinstance(tokens, int):
+        raise budget_error(f"token count {tokens!r} is not an integer")
+    elif tokens < 1:
+        raise budget_error(f"token count {tokens} must be >= 1")
+
+
+def check_insertion(stage: Stage, layer: int) -> None:
+    """Validate an insertion point: layer 0 for ``pre_llm``, K >= 1 for ``in_llm``.
+
+    The one stage/layer check, shared by the config and the plan.
+
+    Raises:
+        ConfigError: One line naming the bad pair and the fix.
+    """
+    if layer < 0:
+        msg = f"insertion.layer must be >= 0, got {layer}"
+        raise ConfigError(msg)
+    if stage == Stage.PRE_LLM and layer != 0:
+        msg = (
+            f"insertion.layer={layer} needs insertion.stage=in_llm; "
+            "pre_llm reduction always uses layer 0"
+        )
+        raise ConfigError(msg)
+    if stage == Stage.IN_LLM and layer < 1:
+        msg = (
+            "insertion.stage=in_llm needs insertion.layer >= 1 (the decoder layer "
+            "the reduced tokens enter), e.g. insertion.layer=2"
+        )
+        raise ConfigError(msg)
 
 
 @dataclass
@@ -30,18 +91,7 @@ class BudgetSpec:
 
     def __post_init__(self) -> None:
         """Check that exactly one field is set and in range."""
-        if (self.ratio is None) == (self.tokens is None):
-            msg = (
-                f"budget: set exactly one of ratio or tokens (got ratio={self.ratio}, "
-                f"tokens={self.tokens})"
-            )
-            raise ConfigError(msg)
-        if self.ratio is not None and not 0.0 < self.ratio <= 1.0:
-            msg = f"budget.ratio: must lie in (0, 1], got {self.ratio}"
-            raise ConfigError(msg)
-        if self.tokens is not None and self.tokens < 1:
-            msg = f"budget.tokens: must be >= 1, got {self.tokens}"
-            raise ConfigError(msg)
+        check_budget(self.ratio, self.tokens)
 
     def resolve(self, n: int) -> int:
         """Return the token budget for ``n`` visual tokens, in ``[1, max(n, 1)]``.
@@ -74,7 +124,6 @@ class ReductionPlan:
             fall back from ``reassign`` to ``survive``).
         seed: Run seed; the reducer's generator is seeded from (seed, sample_id).
         sample_id: Sample id, for seeding and messages.
-        timer: Runner-owned ``timer("reducer")`` context manager factory.
         origin: ``"name (dist version)"`` of the reducer for error messages.
     """
 
@@ -85,26 +134,14 @@ class ReductionPlan:
     positions: PositionPolicy | None = None
     seed: int = 0
     sample_id: str = ""
-    timer: Callable[[str], AbstractContextManager[Any]] | None = None
     origin: str = ""
 
     def __post_init__(self) -> None:
-        """Check the stage/layer pair."""
+        """Normalise enums and check the stage/layer pair."""
         self.stage = Stage(self.stage)
         if self.positions is not None:
             self.positions = PositionPolicy(self.positions)
-        if self.stage is Stage.PRE_LLM and self.layer != 0:
-            msg = (
-                f"insertion.layer={self.layer} with stage pre_llm: pre-LLM reduction "
-                "runs before layer 0; set insertion.layer=0 or insertion.stage=in_llm"
-            )
-            raise CompatibilityError(msg)
-        if self.stage is Stage.IN_LLM and self.layer < 1:
-            msg = (
-                f"insertion.layer={self.layer} with stage in_llm: in-LLM reduction "
-                "needs K >= 1 (use stage pre_llm for K = 0)"
-            )
-            raise CompatibilityError(msg)
+        check_insertion(self.stage, self.layer)
 
     @property
     def label(self) -> str:

@@ -21,6 +21,10 @@ if TYPE_CHECKING:
     from tokenred.tokens import ReduceContext, Reduction, VisualTokens
 
 
+BASELINE_REDUCER = "none"
+"""Name of the keep-everything reducer: the unreduced baseline of every study."""
+
+
 @dataclass
 class ReducerConfig:
     """Base class of every reducer's typed config.
@@ -29,7 +33,9 @@ class ReducerConfig:
     help and the docs are generated from that metadata.
     """
 
-    name: str = field(default="none", metadata={"help": "registered reducer name"})
+    name: str = field(
+        default=BASELINE_REDUCER, metadata={"help": "registered reducer name"}
+    )
 
 
 class TokenReducer(ABC):

@@ -23,7 +23,6 @@ never an estimate.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Sequence
@@ -36,6 +35,7 @@ import pandas as pd
 
 from tokenred.errors import UsageError
 from tokenred.measure.stats import bootstrap_ci, paired_stats, pareto_front
+from tokenred.reducer import BASELINE_REDUCER
 from tokenred.results import RunStore, SampleRecord, unusable_note
 
 if TYPE_CHECKING:
@@ -44,7 +44,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-BASELINE = "none"
 FIGURES = ("acc_vs_ratio", "acc_vs_ttft", "acc_vs_flops")
 
 
@@ -71,14 +70,14 @@ class Run:
         stage = str(self.get("insertion.stage", "pre_llm"))
         layer = int(self.get("insertion.layer", 0) or 0)
         ratio, tokens = self.get("budget.ratio"), self.get("budget.tokens")
-        if reducer == BASELINE:
+        if reducer == BASELINE_REDUCER:
             budget = "100%"
         elif ratio is not None:
             budget = f"{100 * float(ratio):g}%"
         else:
             budget = f"{tokens} tok" if tokens is not None else "?"
-        method = "unreduced" if reducer == BASELINE else reducer
-        if reducer != BASELINE and stage == "in_llm":
+        method = "unreduced" if reducer == BASELINE_REDUCER else reducer
+        if reducer != BASELINE_REDUCER and stage == "in_llm":
             method = f"{reducer} (K={layer})"
         device = self.manifest.get("device", {})
         return {
@@ -236,7 +235,7 @@ def summary_frame(samples: pd.DataFrame) -> pd.DataFrame:
     """Return one row per run, with relative values and paired statistics."""
     rows = []
     for (model, dataset), group in samples.groupby(["model", "dataset"], sort=True):
-        base_runs = group[group["reducer"] == BASELINE]
+        base_runs = group[group["reducer"] == BASELINE_REDUCER]
         base_id = None
         if len(base_runs):
             sizes = base_runs.groupby("run_id").size().sort_values(ascending=False)
@@ -250,7 +249,7 @@ def summary_frame(samples: pd.DataFrame) -> pd.DataFrame:
     table = pd.DataFrame(rows)
     if table.empty:
         return table
-    table["_order"] = table["reducer"].ne(BASELINE)
+    table["_order"] = table["reducer"].ne(BASELINE_REDUCER)
     table = table.sort_values(
         ["model", "dataset", "_order", "method", "kept_ratio"],
         ascending=[True, True, True, True, False],
@@ -470,9 +469,6 @@ def make_figures(
 # ---- entry points
 
 
-METRICS_FILE = "metrics.json"
-
-
 def metrics_frame(runs: Sequence[Run]) -> pd.DataFrame:
     """Return one row per run with the dataset's own metrics (``metrics.json``).
 
@@ -481,10 +477,9 @@ def metrics_frame(runs: Sequence[Run]) -> pd.DataFrame:
     """
     rows = []
     for run in runs:
-        path = run.path / METRICS_FILE
-        if not path.is_file():
+        metrics = RunStore(run.path).read_metrics()
+        if metrics is None:
             continue
-        metrics = json.loads(path.read_text(encoding="utf-8"))
         info = run.info()
         rows.append(
             {

@@ -6,6 +6,7 @@ A run directory holds::
         config.yaml      resolved config, as the runner wrote it
         manifest.json    RunManifest: versions, git commit, device, plugins, times
         samples.jsonl    one SampleRecord per line, append-only
+        metrics.json     the dataset's aggregate metrics over the records
         .lock            fcntl.flock'ed while a process writes; holds its pid
         samples.quarantine.jsonl   lines that did not fit the schema (if any)
 
@@ -44,6 +45,9 @@ from tokenred.measure.env import RunManifest, jsonable
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+RETIRED_FIELDS = frozenset({"agree_with_unreduced"})
+"""Record keys older stores may hold that no longer mean anything (never set);
+reading drops them instead of carrying them in ``meta['_extra']``."""
 __all__ = ["RunManifest", "RunStore", "SampleRecord", "run_id"]
 LATENCY_PHASES = ("vision", "reducer", "prefill", "decode_per_token", "e2e")
 
@@ -120,8 +124,6 @@ class SampleRecord:
         prediction: Extracted answer letter, or None.
         answer: Gold letter, or None.
         correct: ``prediction == answer`` (None when unknown).
-        agree_with_unreduced: Same prediction as the unreduced run (filled by the
-            report when a baseline exists).
         text: Raw generated text.
         n_visual_in: Visual tokens before reduction.
         n_visual_out: Visual tokens after reduction (achieved, not requested).
@@ -147,7 +149,6 @@ class SampleRecord:
     prediction: str | None = None
     answer: str | None = None
     correct: bool | None = None
-    agree_with_unreduced: bool | None = None
     text: str = ""
     n_visual_in: int | None = None
     n_visual_out: int | None = None
@@ -206,7 +207,9 @@ class SampleRecord:
         """Build a record from its JSON dict; unknown keys go to ``meta['_extra']``."""
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in names}
-        extra = {k: v for k, v in data.items() if k not in names}
+        extra = {
+            k: v for k, v in data.items() if k not in names and k not in RETIRED_FIELDS
+        }
         kwargs["flops"] = FlopsRecord(**_known(FlopsRecord, data.get("flops") or {}))
         kwargs["memory"] = MemoryRecord(
             **_known(MemoryRecord, data.get("memory") or {})
@@ -471,6 +474,7 @@ class RunStore:
     CONFIG = "config.yaml"
     MANIFEST = "manifest.json"
     SAMPLES = "samples.jsonl"
+    METRICS = "metrics.json"
     LOCK = ".lock"
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -627,6 +631,20 @@ class RunStore:
         data["sessions"] = self._session
         text = json.dumps(jsonable(data), indent=2, sort_keys=True, allow_nan=False)
         _atomic_write(self.path / self.MANIFEST, text + "\n")
+
+    def write_metrics(self, metrics: Mapping[str, float]) -> None:
+        """Write the dataset's aggregate metrics as sorted JSON (atomically)."""
+        self._require_open("write_metrics")
+        text = strict_json(dict(metrics), indent=2, sort_keys=True)  # NaN -> null
+        _atomic_write(self.path / self.METRICS, text)
+
+    def read_metrics(self) -> dict[str, float] | None:
+        """Return the aggregate metrics, or None when the run has none yet."""
+        path = self.path / self.METRICS
+        if not path.is_file():
+            return None
+        data: dict[str, float] = json.loads(path.read_text(encoding="utf-8"))
+        return data
 
     def read_manifest(self) -> dict[str, Any] | None:
         """Return the manifest dict, or None when there is none yet.

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from tokenred.adapter import AdapterConfig, BudgetSpec
+from tokenred.adapter import AdapterConfig
 from tokenred.data import DataConfig
 from tokenred.errors import ConfigError
+from tokenred.plan import BudgetSpec, budget_error, check_budget, check_insertion
 from tokenred.reducer import ReducerConfig
 from tokenred.tokens import PositionPolicy, Stage
 
@@ -40,35 +41,10 @@ __all__ = [
 SELECTORS = ("reducer", "model", "data")
 """Sections whose ``name`` selects a registered class (and its Config)."""
 STUDY_KEYS = frozenset({"study", "base", "sweep"})
-BUDGET_HINT = (
-    "give a fraction of the visual tokens in (0, 1] such as 0.3, or an integer "
-    "token count >= 1 such as 64"
-)
 
 
 def _help(text: str) -> dict[str, str]:
     return {"help": text}
-
-
-def check_budget(ratio: object, tokens: object) -> None:
-    """Validate a budget pair; raise one clear :class:`ConfigError` line if bad."""
-
-    def fail(what: str) -> ConfigError:
-        return ConfigError(f"budget: {what}; {BUDGET_HINT}")
-
-    if ratio is not None and tokens is not None:
-        raise fail(f"both budget.ratio={ratio} and budget.tokens={tokens} are set")
-    if ratio is None and tokens is None:
-        raise fail("neither budget.ratio nor budget.tokens is set")
-    if ratio is not None:
-        if isinstance(ratio, bool) or not isinstance(ratio, int | float):
-            raise fail(f"ratio {ratio!r} is not a number")
-        if not 0 < ratio <= 1:
-            raise fail(f"ratio {ratio} is outside (0, 1]")
-    elif isinstance(tokens, bool) or not isinstance(tokens, int):
-        raise fail(f"token count {tokens!r} is not an integer")
-    elif tokens < 1:
-        raise fail(f"token count {tokens} must be >= 1")
 
 
 def parse_budget(value: str | float) -> dict[str, Any]:
@@ -78,8 +54,7 @@ def parse_budget(value: str | float) -> dict[str, Any]:
         ConfigError: For non-numbers, non-positive values and fractions above 1.
     """
     if isinstance(value, bool):
-        msg = f"budget: {value!r} is not a number; {BUDGET_HINT}"
-        raise ConfigError(msg)
+        raise budget_error(f"{value!r} is not a number")
     if isinstance(value, int):
         out: dict[str, Any] = {"ratio": None, "tokens": value}
     elif isinstance(value, float):
@@ -92,8 +67,7 @@ def parse_budget(value: str | float) -> dict[str, Any]:
             try:
                 out = {"ratio": float(text), "tokens": None}
             except ValueError:
-                msg = f"budget: {text!r} is not a number; {BUDGET_HINT}"
-                raise ConfigError(msg) from None
+                raise budget_error(f"{text!r} is not a number") from None
     check_budget(out["ratio"], out["tokens"])
     return out
 
@@ -102,7 +76,7 @@ def parse_budget(value: str | float) -> dict[str, Any]:
 class BudgetConfig(BudgetSpec):
     """How many visual tokens a reducer may keep: a fraction of N or a count.
 
-    A :class:`~tokenred.adapter.BudgetSpec` (so the runner hands it to the adapter
+    A :class:`~tokenred.plan.BudgetSpec` (so the runner hands it to the adapter
     as is) with a default and help text for every field.
     """
 
@@ -119,10 +93,6 @@ class BudgetConfig(BudgetSpec):
             "number of visual tokens to keep, >= 1; the alternative to ratio"
         ),
     )
-
-    def __post_init__(self) -> None:
-        """Require exactly one of ratio and tokens, each in range."""
-        check_budget(self.ratio, self.tokens)
 
 
 @dataclass
@@ -149,21 +119,7 @@ class InsertionConfig:
 
     def __post_init__(self) -> None:
         """Tie the layer to the stage."""
-        if self.layer < 0:
-            msg = f"insertion.layer must be >= 0, got {self.layer}"
-            raise ConfigError(msg)
-        if self.stage == Stage.PRE_LLM and self.layer != 0:
-            msg = (
-                f"insertion.layer={self.layer} needs insertion.stage=in_llm; "
-                "pre_llm reduction always uses layer 0"
-            )
-            raise ConfigError(msg)
-        if self.stage == Stage.IN_LLM and self.layer < 1:
-            msg = (
-                "insertion.stage=in_llm needs insertion.layer >= 1 (the decoder layer "
-                "the reduced tokens enter), e.g. insertion.layer=2"
-            )
-            raise ConfigError(msg)
+        check_insertion(self.stage, self.layer)
 
 
 @dataclass

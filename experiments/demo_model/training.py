@@ -97,7 +97,7 @@ def split_frames(
     path = Path(cfg.cache_dir) / f"{cache_stem(cfg, split, n)}.npy"
     if path.is_file():
         return samples, np.load(path, mmap_mode="r")
-    frames = np.stack([dataset.decode(s).frames for s in samples])
+    frames = np.stack([dataset.decode_frames(s).frames for s in samples])
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npy")
     np.save(tmp, frames)

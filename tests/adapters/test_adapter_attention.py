@@ -8,8 +8,8 @@ import pytest
 import torch
 from _adapter_helpers import FAMILIES, PROMPT, AttentionTopK, hf_inputs
 
-from tokenred.adapter import BudgetSpec, ReductionPlan
 from tokenred.errors import CompatibilityError
+from tokenred.plan import BudgetSpec, ReductionPlan
 from tokenred.tokens import Stage
 
 
@@ -38,7 +38,7 @@ def test_captured_attention_matches_eager(
     assert diff < 1e-6, f"{family}: captured attention differs from eager by {diff}"
     keys = reducer.seen["keys"]
     assert keys.shape == (n, sdpa.arch.kv_heads * sdpa.arch.head_dim)
-    top = attn.float().mean(dim=(0, 1)).topk(state.n_visual_out).indices
+    top = attn.float().mean(dim=(0, 1)).topk(state.stats.n_visual_out).indices
     kept = torch.nonzero(state.reduction.assignment >= 0).squeeze(1)
     assert torch.equal(torch.sort(top).values, kept), "reducer did not see the scores"
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 from _adapter_helpers import FAMILIES, PROMPT, EveryThird, PairMerge, QueryTopK
 
-from tokenred.adapter import BudgetSpec, ReductionPlan
 from tokenred.adapters._runtime import cache_lengths
 from tokenred.builtin.reducers import RandomReducer
 from tokenred.errors import CompatibilityError
+from tokenred.plan import BudgetSpec, ReductionPlan
 from tokenred.tokens import PositionPolicy, Stage
 
 STAGES = [(Stage.PRE_LLM, 0), (Stage.IN_LLM, 2)]
@@ -52,15 +52,15 @@ def test_cached_decode_equals_no_cache_recompute(
     for reducer, policy in _cases(family):
         plan = _plan(reducer, stage, policy)
         state = adapter.prefill(video, PROMPT, plan)
-        length, reduced = state.prompt_len, state.schedule[-1]
+        length, reduced = state.stats.prompt_len, state.stats.schedule[-1]
         assert reduced < length
         expect = [length] * k + [reduced] * (n_layers - k)
-        assert cache_lengths(state.session.cache) == expect, "prefill cache lengths"
+        assert cache_lengths(state.decoding.cache) == expect, "prefill cache lengths"
         gen = adapter.decode(state, 4, return_scores=True)
         assert gen.scores is not None and len(gen.token_ids) >= 1
         steps = gen.decode_steps
         grown = [n + steps for n in expect]
-        assert cache_lengths(state.session.cache) == grown, "decode cache lengths"
+        assert cache_lengths(state.decoding.cache) == grown, "decode cache lengths"
         n_gen = len(gen.token_ids)
         assert n_gen > 1, "stopped at once; nothing to compare (pick another seed)"
         for i in sorted({1, n_gen - 1}):
@@ -68,7 +68,7 @@ def test_cached_decode_equals_no_cache_recompute(
                 video, PROMPT, plan, continuation_ids=gen.token_ids[:i]
             )
             diff = (again.logits - gen.scores[i]).abs().max().item()
-            name = f"{family}/{reducer.name}/{state.policy}/step {i}"
+            name = f"{family}/{reducer.name}/{state.stats.policy}/step {i}"
             assert diff < 2e-5, (
                 f"{name}: cached decode differs from recompute by {diff}"
             )
@@ -84,20 +84,20 @@ def test_prefix_cache_answers_equal_full_prefill(
     for reducer, policy in _cases(family):
         plan = _plan(reducer, stage, policy)
         prefix = adapter.prefill_prefix(video, plan)
-        lengths = cache_lengths(prefix.prefill.session.cache)
+        lengths = cache_lengths(prefix.prefill.decoding.cache)
         k = stage[1]
-        assert lengths[:k] == [prefix.prefill.prompt_len] * k
-        assert set(lengths[k:]) == {prefix.prefill.schedule[-1]}
+        assert lengths[:k] == [prefix.prefill.stats.prompt_len] * k
+        assert set(lengths[k:]) == {prefix.prefill.stats.schedule[-1]}
         for prompt in (PROMPT, OTHER_PROMPT, PROMPT):
             reused = adapter.answer(prefix, prompt, max_new_tokens=4)
             full = adapter.generate(video, prompt, plan, max_new_tokens=4)
-            name = f"{family}/{reducer.name}/{full.prefill.policy}"
+            name = f"{family}/{reducer.name}/{full.prefill.stats.policy}"
             diff = (reused.prefill.logits - full.prefill.logits).abs().max().item()
             assert diff < 2e-5, f"{name}: reused prefix logits differ by {diff}"
             assert reused.token_ids == full.token_ids, f"{name}: answers differ"
-            assert reused.prefill.schedule == full.prefill.schedule
-            assert reused.prefill.n_visual_out == full.prefill.n_visual_out
-        assert cache_lengths(prefix.prefill.session.cache) == lengths, "prefix mutated"
+            assert reused.prefill.stats.schedule == full.prefill.stats.schedule
+            assert reused.prefill.stats.n_visual_out == full.prefill.stats.n_visual_out
+        assert cache_lengths(prefix.prefill.decoding.cache) == lengths, "prefix mutated"
         assert prefix.answers == 3
 
 
@@ -109,7 +109,7 @@ def test_query_dependent_reducer_refuses_reuse(load_adapter: Any, frames: Any) -
         adapter.prefill_prefix(video, plan)
     # the same reducer runs fine with a full prefill, and sees the query
     gen = adapter.generate(video, PROMPT, plan, max_new_tokens=2)
-    assert gen.prefill.n_visual_out == BudgetSpec(ratio=0.3).resolve(video.n)
+    assert gen.prefill.stats.n_visual_out == BudgetSpec(ratio=0.3).resolve(video.n)
 
 
 def test_decode_state_is_single_use(load_adapter: Any, frames: Any) -> None:
@@ -128,17 +128,19 @@ def test_reassign_continues_from_reduced_length(load_adapter: Any, frames: Any) 
     pre = adapter.prefill(
         video, PROMPT, _plan(EveryThird(), STAGES[0], PositionPolicy.REASSIGN)
     )
-    assert int(pre.session.next_pos) == pre.schedule[0]
+    assert int(pre.decoding.next_pos) == pre.stats.schedule[0]
     survive = adapter.prefill(
         video, PROMPT, _plan(EveryThird(), STAGES[0], PositionPolicy.SURVIVE)
     )
-    assert int(survive.session.next_pos) == survive.prompt_len
+    assert int(survive.decoding.next_pos) == survive.stats.prompt_len
     inside = adapter.prefill(
         video, PROMPT, _plan(EveryThird(), STAGES[1], PositionPolicy.REASSIGN)
     )
     # lower layers continue from L; layers >= K are shifted back by the removed count
-    assert int(inside.session.next_pos) == inside.prompt_len
-    assert inside.session.controller.spliced.shift == video.n - inside.n_visual_out
+    assert int(inside.decoding.next_pos) == inside.stats.prompt_len
+    assert (
+        inside.decoding.controller.spliced.shift == video.n - inside.stats.n_visual_out
+    )
 
 
 def test_mrope_rejects_explicit_reassign(load_adapter: Any, frames: Any) -> None:
@@ -152,7 +154,7 @@ def test_mrope_rejects_explicit_reassign(load_adapter: Any, frames: Any) -> None
     reducer = EveryThird()
     reducer.position_policy = PositionPolicy.REASSIGN  # type: ignore[misc]
     state = adapter.prefill(video, PROMPT, _plan(reducer, STAGES[0]))
-    assert state.policy == "survive"
+    assert state.stats.policy == "survive"
 
 
 def test_budget_and_kv_bytes_recorded(load_adapter: Any, frames: Any) -> None:
@@ -161,14 +163,19 @@ def test_budget_and_kv_bytes_recorded(load_adapter: Any, frames: Any) -> None:
     full = adapter.prefill(video, PROMPT)
     reduced = adapter.prefill(video, PROMPT, _plan(RandomReducer(), STAGES[1]))
     assert (
-        reduced.budget == BudgetSpec(ratio=0.3).resolve(video.n) == reduced.n_visual_out
+        reduced.stats.budget
+        == BudgetSpec(ratio=0.3).resolve(video.n)
+        == reduced.stats.n_visual_out
     )
-    assert reduced.visual_schedule == [video.n] * 2 + [reduced.n_visual_out] * 2
-    assert 0 < reduced.kv_cache_bytes < full.kv_cache_bytes
+    assert (
+        reduced.stats.visual_schedule
+        == [video.n] * 2 + [reduced.stats.n_visual_out] * 2
+    )
+    assert 0 < reduced.stats.kv_cache_bytes < full.stats.kv_cache_bytes
     arch = adapter.arch
     per_token = 2 * arch.kv_heads * arch.head_dim * 4  # keys + values, float32
-    assert full.kv_cache_bytes == per_token * full.prompt_len * arch.layers
-    summary = reduced.summary()
+    assert full.stats.kv_cache_bytes == per_token * full.stats.prompt_len * arch.layers
+    summary = reduced.stats.summary()
     assert summary["stage"] == "in_llm" and summary["layer"] == 2
     assert np.isfinite(reduced.logits.numpy()).all()
     assert torch.isfinite(full.logits).all()

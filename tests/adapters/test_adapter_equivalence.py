@@ -17,9 +17,9 @@ from _adapter_helpers import (
     masking_reference,
 )
 
-from tokenred.adapter import BudgetSpec, ReductionPlan
 from tokenred.builtin.reducers import NoneReducer, RandomReducer
 from tokenred.insertion import build_spliced
+from tokenred.plan import BudgetSpec, ReductionPlan
 from tokenred.tokens import PositionPolicy, Stage, VisualTokens
 
 STAGES = [(Stage.PRE_LLM, 0), (Stage.IN_LLM, 2)]
@@ -59,7 +59,7 @@ def test_keep_all_equals_unmodified_model(
         state = adapter.prefill(video, PROMPT, _plan(NoneReducer(), stage, policy, 1.0))
         diff = (state.logits - expected).abs().max().item()
         assert diff == 0.0, f"{family}/{policy.value}: keep-all differs by {diff}"
-        assert state.n_visual_out == state.n_visual_in == video.n
+        assert state.stats.n_visual_out == state.stats.n_visual_in == video.n
     unreduced = adapter.prefill(video, PROMPT, None)
     assert torch.equal(unreduced.logits, expected), "plain prefill != HF forward"
 
@@ -73,7 +73,7 @@ def test_hooks_removed_restore_the_model(
     before = adapter.prefill(video, PROMPT).logits
     plan = _plan(RandomReducer(), STAGES[1], None, 0.3)
     reduced = adapter.generate(video, PROMPT, plan, max_new_tokens=3)
-    assert reduced.prefill.n_visual_out < video.n
+    assert reduced.prefill.stats.n_visual_out < video.n
     hooks = sum(len(layer._forward_pre_hooks) for layer in adapter.layers)
     assert hooks == 0, f"{hooks} pre-hooks left on decoder layers"
     after = adapter.prefill(video, PROMPT).logits
@@ -102,7 +102,7 @@ def test_dropping_matches_masking_reference(
             diff = (state.logits - expected).abs().max().item()
             name = f"{family}/{reducer.name}/{policy.value}"
             assert diff < 2e-5, f"{name}: differs from masking reference by {diff}"
-            assert state.n_visual_out == int(kept.sum()) < video.n
+            assert state.stats.n_visual_out == int(kept.sum()) < video.n
 
 
 @pytest.mark.parametrize("family", ["llava_onevision", "qwen2_vl"])
@@ -113,7 +113,7 @@ def test_merged_positions_are_source_means(
     video = adapter.encode_video(frames)
     plan = _plan(PairMerge(), STAGES[0], PositionPolicy.MERGED, 1.0)
     merged = adapter.prefill(video, PROMPT, plan)
-    assert merged.n_visual_out == (video.n + 1) // 2
+    assert merged.stats.n_visual_out == (video.n + 1) // 2
     _, layout = adapter.prompt_layout(video, PROMPT)
     vs, n = layout.vis_start, layout.n_visual
     orig = layout.positions[:, vs : vs + n].float()

@@ -102,7 +102,7 @@ def test_tiny_default_reports_random_weights(
         shutil.copy(f, tmp_path / f.name)
     cfg = AdapterConfig(path=str(tmp_path), max_new_tokens=2)
     adapter = create_adapter(model_registry, cfg)
-    assert adapter.name == "tiny" and adapter.default_num_frames == 16
+    assert adapter.name == "tiny"
     with caplog.at_level(logging.WARNING):
         adapter.load()
     assert any("random init" in r.getMessage() for r in caplog.records)
@@ -162,8 +162,8 @@ def test_dtype_and_device_options(
 def test_cuda_reduced_generation(
     dtype: str, checkpoints: dict[str, Path], model_registry: Any, frames: Any
 ) -> None:
-    from tokenred.adapter import BudgetSpec, ReductionPlan
     from tokenred.builtin.reducers import RandomReducer
+    from tokenred.plan import BudgetSpec, ReductionPlan
     from tokenred.tokens import Stage
 
     cfg = AdapterConfig(

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from tokenred.adapter import BudgetSpec, ReductionPlan, VideoFeatures
 from tokenred.adapters._common import (
     check_frames,
     normalize,
@@ -18,8 +17,11 @@ from tokenred.adapters._common import (
 )
 from tokenred.adapters.qwen2_vl import patchify
 from tokenred.builtin.reducers import NoneReducer
-from tokenred.errors import CompatibilityError, ConfigError, DataError
+from tokenred.errors import ConfigError, DataError
 from tokenred.insertion import sample_generator
+from tokenred.model_io import VideoFeatures
+from tokenred.plan import BudgetSpec, ReductionPlan
+from tokenred.schema import InsertionConfig
 from tokenred.tokens import Stage
 
 
@@ -49,10 +51,16 @@ def test_budget_rejects_bad_values(kwargs: dict[str, Any]) -> None:
 
 
 def test_plan_checks_stage_and_layer() -> None:
-    with pytest.raises(CompatibilityError, match="layer=0"):
-        ReductionPlan(NoneReducer(), Stage.PRE_LLM, 2)
-    with pytest.raises(CompatibilityError, match="K >= 1"):
-        ReductionPlan(NoneReducer(), Stage.IN_LLM, 0)
+    # One validator for config and plan: the same error type and the same words.
+    for stage, layer, words in [
+        (Stage.PRE_LLM, 2, "pre_llm reduction always uses layer 0"),
+        (Stage.IN_LLM, 0, "needs insertion.layer >= 1"),
+    ]:
+        with pytest.raises(ConfigError, match=words) as from_plan:
+            ReductionPlan(NoneReducer(), stage, layer)
+        with pytest.raises(ConfigError) as from_config:
+            InsertionConfig(stage=stage, layer=layer)
+        assert str(from_plan.value) == str(from_config.value)
     plan = ReductionPlan(NoneReducer(), "in_llm", 3, origin="none (tokenred 0.1)")  # type: ignore[arg-type]
     assert plan.stage is Stage.IN_LLM and plan.label == "none (tokenred 0.1)"
 

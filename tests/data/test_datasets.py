@@ -312,7 +312,7 @@ def test_broken_video_becomes_error_record_and_run_completes(
     rows: list[dict[str, Any]] = []
     for s in ds.samples():  # what the runner does
         try:
-            video = ds.decode(s)
+            video = ds.decode_frames(s)
         except VideoError as err:
             rows.append(
                 {

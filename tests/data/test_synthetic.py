@@ -84,7 +84,7 @@ def test_oracle_reading_decoded_frames_scores_100(generated: SyntheticDataset) -
     samples = generated.samples()
     wrong = []
     for s in samples:
-        frames = generated.decode(s).frames
+        frames = generated.decode_frames(s).frames
         assert frames.shape == (16, 112, 112, 3)
         if oracle(s, frames) != s.answer:
             wrong.append((s.id, s.meta["task"], s.meta["state"]))
@@ -94,9 +94,8 @@ def test_oracle_reading_decoded_frames_scores_100(generated: SyntheticDataset) -
 def test_needle_is_in_exactly_one_sampled_frame(generated: SyntheticDataset) -> None:
     for s in generated.samples():
         if s.meta["task"].startswith("needle"):
-            on = present(
-                color_presence(generated.decode(s).frames, s.meta["state"]["color"])
-            )
+            frames = generated.decode_frames(s).frames
+            on = present(color_presence(frames, s.meta["state"]["color"]))
             assert on.sum() == 1, f"{s.id}: needle seen in {on.sum()} sampled frames"
 
 
@@ -153,7 +152,7 @@ def test_generation_is_deterministic_and_prefix_stable(
     for a, b in zip(a_samples, b_samples):
         assert Path(a.video).read_bytes() == Path(b.video).read_bytes()
         np.testing.assert_array_equal(
-            generated.decode(a).frames, small.decode(b).frames
+            generated.decode_frames(a).frames, small.decode_frames(b).frames
         )
     # Growing the split to N reproduces the same annotation bytes.
     grown = dataset(tmp_path / "b", num_videos=N)

@@ -6,13 +6,12 @@ from typing import Any
 
 import pytest
 import torch
+import transformers
 
 from tokenred.arch import ArchSpec
 from tokenred.measure import decode_flops, equivalent_tokens, prefill_flops
 from tokenred.measure.flop_counter import count_flops
 from tokenred.measure.flops import MeasurementError, attention_pairs
-
-transformers = pytest.importorskip("transformers")
 
 TEXT = dict(
     vocab_size=256,

@@ -6,12 +6,11 @@ from typing import Any
 
 import pytest
 import torch
+import transformers
 
 from tokenred.arch import VisionSpec
 from tokenred.measure import vision_flops, vision_flops_breakdown
 from tokenred.measure.flop_counter import count_flops
-
-transformers = pytest.importorskip("transformers")
 
 TOWER = dict(
     hidden_size=32,

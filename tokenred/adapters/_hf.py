@@ -19,20 +19,13 @@ from abc import abstractmethod
 from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from tokenred.adapter import (
-    Generation,
-    ModelAdapter,
-    PrefillResult,
-    PrefixCache,
-    ReductionPlan,
-    VideoFeatures,
-)
+from tokenred.adapter import ModelAdapter
 from tokenred.adapters._common import ChatTemplate, check_checkpoint_dir, check_frames
 from tokenred.adapters._inference import (
     greedy_decode,
@@ -53,6 +46,10 @@ from tokenred.insertion import (
     Layout,
     scrub_position_ids,
 )
+from tokenred.model_io import Generation, PrefillResult, PrefixCache, VideoFeatures
+
+if TYPE_CHECKING:
+    from tokenred.plan import ReductionPlan
 
 log = logging.getLogger(__name__)
 

@@ -13,30 +13,31 @@ Positions (``[A, L]``, A=1 or 3) are explicit everywhere:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
-from torch import Tensor
 
-from tokenred.adapters._runtime import Session, cache_bytes, copy_cache
+from tokenred.adapters._runtime import DecodingState, copy_cache
 from tokenred.errors import UsageError
 from tokenred.insertion import (
     LayerReduction,
-    Layout,
     Spliced,
+    layer_lengths,
     reduce_pre_llm,
     resolve_policy,
-    schedules,
     splice,
 )
-from tokenred.model_io import Generation, PrefillResult
+from tokenred.measure.memory import cache_bytes
+from tokenred.model_io import UNREDUCED_STAGE, Generation, PrefillResult, PrefillStats
 from tokenred.tokens import Stage
 
 if TYPE_CHECKING:
     from tokenred.adapters._hf import HFVideoAdapter
     from tokenred.model_io import PrefixCache, VideoFeatures
     from tokenred.plan import ReductionPlan
+    from tokenred.tokens import Reduction
 
 
 def run_prefill(
@@ -55,12 +56,13 @@ def run_prefill(
     cache = adapter._new_cache()
     controller: LayerReduction | None = None
     sp: Spliced | None = None
-    reduction = None
+    reduction: Reduction | None = None
+    budget: int | None = None
     with torch.inference_mode():
         embeds = adapter._embeds(ids, layout, video)
         positions = layout.positions
         if plan is not None and plan.stage is Stage.PRE_LLM:
-            reduction, sp = reduce_pre_llm(
+            reduction, sp, budget = reduce_pre_llm(
                 plan,
                 layout,
                 video.features.to(embeds.dtype),
@@ -83,9 +85,13 @@ def run_prefill(
             cache, positions, embeds=embeds, controller=controller
         )
     if controller is not None:
-        reduction, sp = controller.reduction, controller.spliced
+        reduction, sp, budget = (
+            controller.reduction,
+            controller.spliced,
+            controller.budget,
+        )
     model_shift = sp.shift if (sp is not None and controller is None) else 0
-    session = Session(
+    state = DecodingState(
         cache=cache,
         ids=ids,
         video=video,
@@ -93,52 +99,43 @@ def run_prefill(
         next_pos=layout.positions.max() + 1 - model_shift,
         model_shift=model_shift,
     )
-    return _result(adapter, session, layout, plan, sp, reduction, logits)
-
-
-def _result(
-    adapter: HFVideoAdapter,
-    session: Session,
-    layout: Layout,
-    plan: ReductionPlan | None,
-    sp: Spliced | None,
-    reduction: Any,
-    logits: Tensor,
-) -> PrefillResult:
     n_out = sp.n_out if sp is not None else layout.n_visual
     reduced = sp.length if sp is not None else layout.length
     k = plan.layer if plan is not None else 0
-    n_layers = len(adapter.layers)
-    seq, vis = schedules(n_layers, k, layout.length, reduced, layout.n_visual, n_out)
-    return PrefillResult(
+    seq, vis = layer_lengths(
+        len(adapter.layers), k, layout.length, reduced, layout.n_visual, n_out
+    )
+    stats = PrefillStats(
         n_visual_in=layout.n_visual,
         n_visual_out=n_out,
         schedule=seq,
         visual_schedule=vis,
         reduction_info=dict(reduction.info) if reduction is not None else {},
-        kv_cache_bytes=cache_bytes(session.cache),
+        kv_cache_bytes=cache_bytes(cache),
         prompt_len=layout.length,
-        logits=logits,
-        stage=plan.stage.value if plan is not None else "none",
+        stage=plan.stage.value if plan is not None else UNREDUCED_STAGE,
         layer=k,
         policy=resolve_policy(plan, adapter.rope).value if plan is not None else "",
-        budget=plan.budget.resolve(layout.n_visual) if plan is not None else None,
-        reduction=reduction,
-        session=session,
+        budget=budget,
     )
+    return PrefillResult(logits, stats, reduction, state)
 
 
 def greedy_decode(
-    adapter: HFVideoAdapter, state: PrefillResult, limit: int, *, return_scores: bool
+    adapter: HFVideoAdapter,
+    prefilled: PrefillResult,
+    limit: int,
+    *,
+    return_scores: bool,
 ) -> Generation:
-    """Decode greedily from ``state`` for at most ``limit`` tokens (consumes it)."""
-    session: Session | None = state.session
-    if session is None or session.consumed:
+    """Decode greedily from ``prefilled`` for at most ``limit`` tokens (consumes it)."""
+    state: DecodingState | None = prefilled.decoding
+    if state is None or state.consumed:
         msg = "this prefill state was already decoded; prefill again to re-decode"
         raise UsageError(msg)
-    session.consumed = True
+    state.consumed = True
     axes = 1 if adapter.rope == "1d" else 3
-    logits, tokens, scores = state.logits, [], []
+    logits, tokens, scores = prefilled.logits, [], []
     steps = 0
     with torch.inference_mode():
         for i in range(limit):
@@ -148,15 +145,15 @@ def greedy_decode(
             if tok in adapter.stop_ids or i == limit - 1:
                 break
             # one new token at the same position on every M-RoPE axis: [A, 1]
-            pos = (session.next_pos + i).reshape(1, 1).expand(axes, 1)
+            pos = (state.next_pos + i).reshape(1, 1).expand(axes, 1)
             logits = adapter._forward(
-                session.cache, pos, ids=[tok], controller=session.controller
+                state.cache, pos, ids=[tok], controller=state.controller
             )
             steps += 1
     return Generation(
         text=adapter.detokenize(tokens),
         token_ids=tokens,
-        prefill=state,
+        prefill=prefilled,
         decode_steps=steps,
         scores=torch.stack(scores) if return_scores else None,
     )
@@ -167,7 +164,7 @@ def prefill_from_prefix(
 ) -> PrefillResult:
     """Prefill ``prompt``'s tokens after a copy of a prefix cache."""
     base = prefix.prefill
-    src: Session = base.session
+    src: DecodingState = base.decoding
     _, after = adapter.prompt_ids(prompt)
     full = [*src.ids, *after]
     cache = copy_cache(src.cache, adapter._new_cache())
@@ -177,7 +174,7 @@ def prefill_from_prefix(
         positions = adapter._positions(full, src.video)
         q_pos = positions[:, len(src.ids) :] - src.model_shift
         logits = adapter._forward(cache, q_pos, ids=after, controller=controller)
-    session = Session(
+    state = DecodingState(
         cache=cache,
         ids=full,
         video=src.video,
@@ -187,20 +184,13 @@ def prefill_from_prefix(
     )
     prefix.answers += 1
     q = len(after)
-    return PrefillResult(
-        n_visual_in=base.n_visual_in,
-        n_visual_out=base.n_visual_out,
-        schedule=[s + q for s in base.schedule],
-        visual_schedule=list(base.visual_schedule),
-        reduction_info=dict(base.reduction_info),
+    stats = dataclasses.replace(
+        base.stats,
+        schedule=[s + q for s in base.stats.schedule],
+        visual_schedule=list(base.stats.visual_schedule),
+        reduction_info=dict(base.stats.reduction_info),
         kv_cache_bytes=cache_bytes(cache),
         prompt_len=len(full),
-        logits=logits,
-        stage=base.stage,
-        layer=base.layer,
-        policy=base.policy,
-        budget=base.budget,
-        reduction=base.reduction,
-        prefix_schedule=list(base.schedule),
-        session=session,
+        prefix_schedule=list(base.stats.schedule),
     )
+    return PrefillResult(logits, stats, base.reduction, state)

@@ -1,4 +1,4 @@
-"""Runtime helpers of the HF adapters: devices, kernels, loading, caches, sessions."""
+"""Runtime helpers of the HF adapters: devices, kernels, loading, caches, state."""
 
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class Session:
-    """Decoding state behind a :class:`~tokenred.adapter.PrefillResult`.
+class DecodingState:
+    """Decoding state behind a :class:`~tokenred.model_io.PrefillResult`.
 
     Attributes:
         cache: The ``DynamicCache`` (layers < K hold ``L``, layers >= K ``L'``).
@@ -147,16 +147,6 @@ def stop_ids(tokenizer: Any, model: Any) -> set[int]:
     if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
         eos.add(im_end)
     return eos
-
-
-def cache_bytes(cache: Any) -> int:
-    """Sum of key and value tensor bytes over every cache layer."""
-    total = 0
-    for layer in getattr(cache, "layers", []):
-        for t in (getattr(layer, "keys", None), getattr(layer, "values", None)):
-            if isinstance(t, Tensor):
-                total += t.numel() * t.element_size()
-    return total
 
 
 def cache_lengths(cache: Any) -> list[int]:

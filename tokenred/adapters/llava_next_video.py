@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import numpy as np
 from torch import Tensor
 
-from tokenred.adapter import AdapterConfig, VideoFeatures
+from tokenred.adapter import AdapterConfig
 from tokenred.adapters._common import (
     CLIP_MEAN,
     CLIP_STD,
@@ -28,6 +28,7 @@ from tokenred.adapters._common import (
 )
 from tokenred.adapters._hf import HFVideoAdapter
 from tokenred.arch import VisionSpec
+from tokenred.model_io import VideoFeatures
 
 
 @dataclass
@@ -48,7 +49,6 @@ class LlavaNextVideoAdapter(HFVideoAdapter):
     model_types: ClassVar[tuple[str, ...]] = ("llava_next_video",)
     model_class = "LlavaNextVideoForConditionalGeneration"
     chat = VICUNA_CHAT
-    default_num_frames = 32
 
     def _pixels(
         self, frames: np.ndarray, timestamps: Sequence[float] | None

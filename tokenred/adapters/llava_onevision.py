@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import numpy as np
 from torch import Tensor
 
-from tokenred.adapter import AdapterConfig, VideoFeatures
+from tokenred.adapter import AdapterConfig
 from tokenred.adapters._common import (
     HALF_MEAN,
     HALF_STD,
@@ -30,6 +30,7 @@ from tokenred.adapters._common import (
 )
 from tokenred.adapters._hf import HFVideoAdapter
 from tokenred.arch import VisionSpec
+from tokenred.model_io import VideoFeatures
 
 
 @dataclass
@@ -50,7 +51,6 @@ class LlavaOnevisionAdapter(HFVideoAdapter):
     model_types: ClassVar[tuple[str, ...]] = ("llava_onevision",)
     model_class = "LlavaOnevisionForConditionalGeneration"
     chat = QWEN_CHAT
-    default_num_frames = 32
 
     def _pixels(
         self, frames: np.ndarray, timestamps: Sequence[float] | None

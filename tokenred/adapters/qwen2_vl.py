@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tokenred.adapter import AdapterConfig, VideoFeatures
+from tokenred.adapter import AdapterConfig
 from tokenred.adapters._common import (
     CLIP_MEAN,
     CLIP_STD,
@@ -33,6 +33,7 @@ from tokenred.adapters._common import (
 )
 from tokenred.adapters._hf import HFVideoAdapter
 from tokenred.arch import VisionSpec
+from tokenred.model_io import VideoFeatures
 
 
 @dataclass
@@ -92,7 +93,6 @@ class Qwen2VLAdapter(HFVideoAdapter):
     model_types: ClassVar[tuple[str, ...]] = ("qwen2_vl",)
     model_class = "Qwen2VLForConditionalGeneration"
     chat = QWEN_VL_CHAT
-    default_num_frames = 32
 
     def _vision(self) -> Any:
         return self._model.config.vision_config

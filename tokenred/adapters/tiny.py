@@ -43,7 +43,6 @@ class TinyAdapter(LlavaOnevisionAdapter):
     family = "llava_onevision"
     model_types: ClassVar[tuple[str, ...]] = ()
     allow_random_init = True
-    default_num_frames = 16
 
     def _checkpoint_path(self) -> Path:
         if self.config.path is not None:

@@ -9,7 +9,7 @@ import torch
 
 from tokenred.errors import ConfigError
 from tokenred.hookspecs import hookimpl
-from tokenred.reducer import ReducerConfig, TokenReducer
+from tokenred.reducer import BASELINE_REDUCER, ReducerConfig, TokenReducer
 from tokenred.tokens import Reduction
 
 if TYPE_CHECKING:
@@ -23,7 +23,7 @@ class NoneReducer(TokenReducer):
     contract suite) it keeps the first ``budget`` tokens so the contract still holds.
     """
 
-    name = "none"
+    name = BASELINE_REDUCER
     exact_budget = True
     paper = "https://arxiv.org/abs/2507.07990"
     reference = "https://github.com/HYUNJS/STTM@00736c7"

@@ -24,7 +24,14 @@ from tokenred.measure.flops import (
     vision_flops,
     vision_flops_breakdown,
 )
-from tokenred.measure.latency import Repeats, Timer, measure_repeats, summarize
+from tokenred.measure.latency import (
+    Repeats,
+    Timer,
+    measure_repeats,
+    phase,
+    summarize,
+    timing,
+)
 from tokenred.measure.memory import (
     PeakMemory,
     cache_bytes,
@@ -48,11 +55,13 @@ __all__ = [
     "equivalent_tokens",
     "measure_repeats",
     "peak_bytes",
+    "phase",
     "prefill_flops",
     "reset_peak",
     "sample_flops",
     "summarize",
     "tensor_bytes",
+    "timing",
     "vision_flops",
     "vision_flops_breakdown",
 ]

@@ -13,6 +13,11 @@ Protocol (the same for every reducer):
 Phases used by the runner: ``vision`` (encoder + projector), ``reducer`` (inside the
 engine), ``prefill`` (time to first token, reducer included), ``decode`` (all decode
 steps of one answer; the runner divides by the steps) and ``e2e``.
+
+Code deep inside a measured call (the insertion engine timing the reducer) reports
+to whichever timer the measurement protocol made active with :func:`timing`, via
+:func:`phase`; nothing else carries the timer, so a reduction plan describes *what*
+to apply and never *how it is measured*.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -174,3 +180,26 @@ def measure_repeats(
     return Repeats(
         value=value, phases=phases, device_kind="cuda" if _is_cuda(device) else "cpu"
     )
+
+
+_ACTIVE: ContextVar[Timer | None] = ContextVar("tokenred_active_timer", default=None)
+
+
+@contextmanager
+def timing(timer: Timer) -> Iterator[Timer]:
+    """Make ``timer`` the one :func:`phase` reports to inside the ``with`` block.
+
+    The measurement protocol wraps a timed call in it, so phases nested deep inside
+    the call (the reducer inside the engine) land on the same repeat's timer.
+    """
+    token = _ACTIVE.set(timer)
+    try:
+        yield timer
+    finally:
+        _ACTIVE.reset(token)
+
+
+def phase(name: str) -> AbstractContextManager[Any]:
+    """Time the ``with`` body as ``name`` on the active timer (no-op without one)."""
+    timer = _ACTIVE.get()
+    return timer(name) if timer is not None else nullcontext()

@@ -4,7 +4,7 @@ import pytest
 import torch
 from tokenred_template.reducer import StrideConfig, StrideReducer, stride_indices
 
-from tokenred import ReduceContext, VisualTokens
+from tokenred import ConfigError, ReduceContext, VisualTokens
 from tokenred.testing import parametrize_with_checks
 
 
@@ -31,3 +31,8 @@ def test_keeps_every_other_token_at_half_budget():
     assert out.assignment.tolist() == [0, -1, 1, -1, 2, -1, 3, -1]
     centered = StrideReducer(StrideConfig(center=True)).reduce(tokens, ctx)
     assert centered.tokens.features[:, 0].tolist() == [1.0, 3.0, 5.0, 7.0]
+
+
+def test_bad_config_value_is_one_clear_line():
+    with pytest.raises(ConfigError, match=r"^reducer\.center: expected true or false"):
+        StrideConfig(center="yes")  # type: ignore[arg-type]

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from tokenred import ReducerConfig, Reduction, Stage, TokenReducer
+from tokenred import ConfigError, ReducerConfig, Reduction, Stage, TokenReducer
 
 if TYPE_CHECKING:
     from tokenred import ReduceContext, VisualTokens
@@ -38,6 +38,16 @@ class StrideConfig(ReducerConfig):
             "help": "keep the token at the centre of each stride instead of its start"
         },
     )
+
+    def __post_init__(self) -> None:
+        """Reject a bad value with one line naming the key (how every reducer does).
+
+        The CLI's loader already type-checks ``reducer.center=...``; this also
+        catches configs built in code, e.g. ``StrideConfig(center="yes")``.
+        """
+        if not isinstance(self.center, bool):
+            msg = f"reducer.center: expected true or false, got {self.center!r}"
+            raise ConfigError(msg)
 
 
 def stride_indices(

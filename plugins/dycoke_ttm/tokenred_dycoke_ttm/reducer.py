@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 
 from tokenred import (
+    ConfigError,
     ContractError,
     PositionPolicy,
     ReducerConfig,
     Reduction,
     TokenReducer,
 )
-from tokenred.errors import ConfigError
 from tokenred_dycoke_ttm.ttm import ttm_keep_mask
 
 if TYPE_CHECKING:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 from tokenred import (
+    ConfigError,
     ContractError,
     Need,
     PositionPolicy,
@@ -29,7 +30,6 @@ from tokenred import (
     Stage,
     TokenReducer,
 )
-from tokenred.errors import ConfigError
 from tokenred_fastv.selection import attention_scores, top_tokens
 
 if TYPE_CHECKING:

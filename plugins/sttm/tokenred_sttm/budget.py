@@ -35,8 +35,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from tokenred.errors import ConfigError
-from tokenred.tokens import Reduction
+from tokenred import ConfigError, Reduction
 from tokenred_sttm.merge import (
     Evaluation,
     MergeOptions,
@@ -49,7 +48,7 @@ from tokenred_sttm.merge import (
 from tokenred_sttm.quadtree import head_dot, unit
 
 if TYPE_CHECKING:
-    from tokenred.tokens import VisualTokens
+    from tokenred import VisualTokens
     from tokenred_sttm.reducer import STTMConfig
 
 log = logging.getLogger(__name__)

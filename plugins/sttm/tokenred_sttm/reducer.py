@@ -29,9 +29,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from tokenred.errors import ConfigError
-from tokenred.reducer import ReducerConfig, TokenReducer
-from tokenred.tokens import PositionPolicy, Reduction, Stage
+from tokenred import (
+    ConfigError,
+    PositionPolicy,
+    ReducerConfig,
+    Reduction,
+    Stage,
+    TokenReducer,
+)
 from tokenred_sttm.budget import (
     Average,
     BudgetMode,
@@ -53,7 +58,7 @@ from tokenred_sttm.merge import (
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from tokenred.tokens import ReduceContext, VisualTokens
+    from tokenred import ReduceContext, VisualTokens
 
 
 @dataclass

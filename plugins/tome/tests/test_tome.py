@@ -157,10 +157,14 @@ def test_bfloat16_input_keeps_dtype() -> None:
 
 
 def test_config_and_metadata() -> None:
-    cfg = ToMeConfig(mode="frame", prop_attn=True)  # type: ignore[arg-type]
+    cfg = ToMeConfig(mode="frame")  # type: ignore[arg-type]
     assert cfg.mode is ToMeMode.FRAME
     red = ToMeReducer(cfg).reduce(_random_tokens((2, 2, 2)), _ctx(3))
-    assert red.info["prop_attn"] == 1.0
+    assert red.info["prop_attn"] == 0.0
+    with pytest.raises(
+        ConfigError, match=r"reducer\.prop_attn=true: .*not implemented"
+    ):
+        ToMeConfig(prop_attn=True)
     with pytest.raises(ConfigError, match=r"reducer\.mode"):
         ToMeConfig(mode="clip")  # type: ignore[arg-type]
     meta = ToMeReducer.metadata()
@@ -171,9 +175,7 @@ def test_config_and_metadata() -> None:
     assert meta["position_policy"] == "reassign"
 
 
-@parametrize_with_checks(
-    ["tome", ToMeReducer(ToMeConfig(mode=ToMeMode.FRAME, prop_attn=True))]
-)
+@parametrize_with_checks(["tome", ToMeReducer(ToMeConfig(mode=ToMeMode.FRAME))])
 def test_contract(reducer, check) -> None:  # type: ignore[no-untyped-def]
     check(reducer)
 

@@ -33,8 +33,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
-from tokenred import PositionPolicy, ReducerConfig, Reduction, TokenReducer
-from tokenred.errors import ConfigError
+from tokenred import ConfigError, PositionPolicy, ReducerConfig, Reduction, TokenReducer
 from tokenred_tome.matching import tome_frames, tome_video
 
 if TYPE_CHECKING:
@@ -65,9 +64,9 @@ class ToMeConfig(ReducerConfig):
     prop_attn: bool = field(
         default=False,
         metadata={
-            "help": "ask the adapter for ToMe's proportional attention (add log(size) "
-            "to the attention logits of merged tokens); adapters that do not "
-            "implement it ignore it. The STTM paper's baseline ran without it"
+            "help": "ToMe's proportional attention (log(size) added to the attention "
+            "logits of merged tokens); must stay false: no adapter implements it, "
+            "and the STTM paper's baseline ran without it"
         },
     )
 
@@ -82,6 +81,14 @@ class ToMeConfig(ReducerConfig):
         if not isinstance(self.prop_attn, bool):
             msg = f"reducer.prop_attn: expected true or false, got {self.prop_attn!r}"
             raise ConfigError(msg)
+        if self.prop_attn:
+            # Accepting it would record a setting that changes nothing.
+            msg = (
+                "reducer.prop_attn=true: proportional attention is not implemented by "
+                "the model adapters; leave it false (the STTM paper's ToMe baseline "
+                "ran without it)"
+            )
+            raise ConfigError(msg)
 
 
 class ToMeReducer(TokenReducer):
@@ -90,7 +97,7 @@ class ToMeReducer(TokenReducer):
     Rounds of alternating A/B matching with cosine similarity on the features, each
     removing at most half of the tokens, until exactly ``min(budget, N)`` remain.
     Merged features are size-weighted means and output ``sizes`` carry the patch
-    counts, so adapters can apply proportional attention (``prop_attn``).
+    counts; proportional attention (``prop_attn``) is not implemented.
     """
 
     name = "tome"
