@@ -113,6 +113,9 @@ def build_parser(session: Session) -> argparse.ArgumentParser:
     _calibrate_command(
         add("calibrate", "fit a reducer's thresholds to an average budget"), session
     )
+    _convert_command(
+        add("convert", "convert an original-format LLaVA checkpoint to HF format")
+    )
     session.pm.hook.register_commands(subparsers=sub)
     return parser
 
@@ -204,6 +207,19 @@ def _report_command(p: argparse.ArgumentParser) -> None:
         "--out", metavar="DIR", help="output directory (default: RUN_DIR/../report)"
     )
     p.set_defaults(func=_cmd_report)
+
+
+def _convert_command(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "source",
+        metavar="SOURCE",
+        help="original LLaVA-OneVision/Video checkpoint (LlavaQwenForCausalLM): a "
+        "directory or a cached Hugging Face id, e.g. lmms-lab/LLaVA-Video-7B-Qwen2",
+    )
+    p.add_argument(
+        "output", metavar="OUT_DIR", help="new HF-format checkpoint directory"
+    )
+    p.set_defaults(func=_cmd_convert)
 
 
 # --------------------------------------------------------------------------- commands
@@ -399,6 +415,18 @@ def _cmd_report(args: argparse.Namespace) -> int:
         raise UsageError(msg) from None
     out = main_report(args.run_dirs, args.out)
     print(f"report written to {out}")
+    return int(ExitCode.OK)
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from tokenred.convert import convert_llava_original
+
+    result = convert_llava_original(args.source, args.output)
+    for note in result.notes:
+        print(f"note: {note}")
+    print(
+        f"wrote {result.tensors} tensors to {result.output}; use --model {result.output}"
+    )
     return int(ExitCode.OK)
 
 
