@@ -134,6 +134,9 @@ class ModelAdapter(ABC):
     """Architecture family, e.g. ``"llava_onevision"``."""
     model_types: ClassVar[tuple[str, ...]] = ()
     """``config.json`` ``model_type`` values this adapter loads (``--model PATH``)."""
+    checkpoints: ClassVar[tuple[str, ...]] = ()
+    """Hugging Face ids of checkpoints it loads (``--model ORG/NAME``), for docs and
+    ``tokenred list models``."""
     default_num_frames: ClassVar[int | None] = None
     """Frames the model is usually run with, when the dataset does not say."""
 

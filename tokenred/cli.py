@@ -292,6 +292,8 @@ def _class_row(entry: Entry[Any], attrs: Sequence[str]) -> dict[str, Any]:
         value = getattr(cls, attr, None)
         if isinstance(value, frozenset | set):
             value = sorted(getattr(v, "value", v) for v in value)
+        elif isinstance(value, tuple):
+            value = list(value)
         row[attr] = value
     return {**row, **_origin(entry)}
 
@@ -304,7 +306,7 @@ def _rows(session: Session, kind: str) -> list[dict[str, Any]]:
             if kind == "reducers":
                 rows.append(_reducer_row(entry))
             elif kind == "models":
-                rows.append(_class_row(entry, ("stages", "rope")))
+                rows.append(_class_row(entry, ("stages", "rope", "checkpoints")))
             else:
                 rows.append(_class_row(entry, ("homepage",)))
         except TokenredError as exc:
@@ -335,7 +337,8 @@ def _cmd_list(session: Session, args: argparse.Namespace) -> int:
         head = ["NAME", "STAGES", "NEEDS", "EXACT", "QUERY-AGN.", "POSITIONS"]
         keys = ["stages", "needs", "exact_budget", "query_agnostic", "position_policy"]
     elif args.kind == "models":
-        head, keys = ["NAME", "STAGES", "ROPE"], ["stages", "rope"]
+        head = ["NAME", "STAGES", "ROPE", "CHECKPOINTS (--model ORG/NAME)"]
+        keys = ["stages", "rope", "checkpoints"]
     else:
         head, keys = ["NAME", "HOMEPAGE"], ["homepage"]
     table = [[*head, "FROM", "DESCRIPTION"]]
@@ -424,9 +427,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     result = convert_llava_original(args.source, args.output)
     for note in result.notes:
         print(f"note: {note}")
-    print(
-        f"wrote {result.tensors} tensors to {result.output}; use --model {result.output}"
-    )
+    out = result.output
+    print(f"wrote {result.tensors} tensors to {out}; use --model {out}")
     return int(ExitCode.OK)
 
 

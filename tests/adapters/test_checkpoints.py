@@ -8,6 +8,7 @@ independently), so converting it back must give a model with identical logits.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -197,3 +198,22 @@ def test_convert_refuses_hf_format(
     assert main(["convert", str(hf_dir), str(tmp_path / "x")]) != 0
     err = capsys.readouterr().err
     assert "not in the original LLaVA format" in err and "\n" not in err.strip()
+
+
+def test_docs_readme_and_list_name_checkpoints_alike(
+    model_registry: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    repo = Path(__file__).resolve().parents[2]
+    models_page = (repo / "docs" / "models.md").read_text()
+    readme = (repo / "README.md").read_text()
+    assert main(["list", "models"]) == 0
+    listed = capsys.readouterr().out
+    ids: list[str] = []
+    for entry in model_registry:
+        ids += list(getattr(entry.load(), "checkpoints", ()))
+    assert ids, "no adapter names a checkpoint"
+    for repo_id in ids:
+        assert f"`{repo_id}`" in models_page, f"docs/models.md lacks {repo_id}"
+        assert repo_id in listed, f"tokenred list models lacks {repo_id}"
+    used = {m for m in re.findall(r"--model (\S+)", readme) if "/" in m}
+    assert used and used <= set(ids), f"README names other checkpoints: {used}"
