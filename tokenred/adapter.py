@@ -72,11 +72,17 @@ class AdapterConfig:
 
     name: str = field(
         default="tiny",
-        metadata={"help": "registered model name, or a checkpoint directory path"},
+        metadata={
+            "help": "registered model name, a checkpoint directory, or a Hugging "
+            "Face id (ORG/NAME, from the local Hugging Face cache)"
+        },
     )
     path: str | None = field(
         default=None,
-        metadata={"help": "local checkpoint directory (save_pretrained layout)"},
+        metadata={
+            "help": "checkpoint directory (save_pretrained layout) or Hugging Face "
+            "id (ORG/NAME, from the local cache)"
+        },
     )
     dtype: DType = field(
         default=DType.float32,
