@@ -217,3 +217,34 @@ def test_docs_readme_and_list_name_checkpoints_alike(
         assert repo_id in listed, f"tokenred list models lacks {repo_id}"
     used = {m for m in re.findall(r"--model (\S+)", readme) if "/" in m}
     assert used and used <= set(ids), f"README names other checkpoints: {used}"
+
+
+def test_convert_tied_embeddings_without_lm_head(tmp_path: Path) -> None:
+    """Small OneVision models tie the LM head to the embeddings and omit it."""
+    import transformers as tf
+    from safetensors.torch import load_file
+
+    from tokenred.convert import convert_llava_original
+
+    tie = {"text": {"tie_word_embeddings": True}, "tie_word_embeddings": True}
+    hf_dir = save_tiny_checkpoint("llava_onevision", tmp_path / "hf", seed=4, **tie)
+    tower = tmp_path / "siglip-tiny"
+    tower.mkdir()
+    vision = json.loads((hf_dir / "config.json").read_text())["vision_config"]
+    (tower / "config.json").write_text(json.dumps(vision))
+    orig = _to_original(hf_dir, tmp_path / "orig", tower)
+    config = json.loads((orig / "config.json").read_text())
+    (orig / "config.json").write_text(
+        json.dumps(config | {"tie_word_embeddings": True})
+    )
+    weights = load_file(str(orig / "model.safetensors"))
+    del weights["lm_head.weight"]
+    save_file(weights, str(orig / "model.safetensors"))
+    convert_llava_original(orig, tmp_path / "out")
+    ids = torch.tensor([[3, 4, 5, 6, 7]])
+    logits = []
+    for path in (hf_dir, tmp_path / "out"):
+        model = tf.LlavaOnevisionForConditionalGeneration.from_pretrained(str(path))
+        with torch.inference_mode():
+            logits.append(model.eval()(input_ids=ids).logits)
+    assert torch.equal(logits[0], logits[1])
