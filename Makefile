@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 PLUGINS := $(sort $(dir $(wildcard plugins/*/pyproject.toml)))
 STAMP   := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit docs env study clean
+.PHONY: run test lint typecheck unit docs docs-outputs env study clean
 
 $(STAMP): pyproject.toml constraints/cpu.txt $(wildcard plugins/*/pyproject.toml)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -34,6 +34,12 @@ test: lint typecheck unit docs
 
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+# Rerun the commands whose outputs the docs show (getting-started.md, the plugin
+# tutorial) and rewrite those blocks; `--check` instead fails on drift (timings
+# aside). tests/test_docs_outputs.py runs the check under `pytest -m slow`.
+docs-outputs: $(STAMP)
+	$(BIN)/python docs/record_outputs.py
 
 # The embedded study of the docs' results page (docs/study.md): run it, then write
 # its tables and figures into docs/study/. Finished runs are reused. The run store

@@ -194,29 +194,127 @@ def test_figures_are_readable(study: Path) -> None:
         assert ax.get_xlabel() and "(" in ax.get_xlabel(), "x label carries its unit"
         assert ax.get_title() == "tiny_ov · synthetic"
         assert fig.get_suptitle()
-        legend = ax.get_legend()
-        assert legend is not None, name
-        labels = {t.get_text() for t in legend.get_texts()}
-        assert {"unreduced", "random", "sttm", "fastv (K=2)"} <= labels
-        if name != "acc_vs_ratio":
-            assert "Pareto frontier" in labels
+        (legend,) = fig.legends
+        labels = [t.get_text() for t in legend.get_texts()]
+        assert labels[0] == "unreduced", "the baseline leads the legend"
+        assert {"random", "sttm", "fastv (K=2)"} <= set(labels)
+        assert ("Pareto frontier" in labels) == (name != "acc_vs_ratio")
     assert "CPU" in figs["acc_vs_ttft"].axes[0].get_xlabel()
     assert "CPU latency" in figs["acc_vs_ttft"].get_suptitle()
     assert "GFLOP" in figs["acc_vs_flops"].axes[0].get_xlabel()
+
+
+def _method_lines(fig: Any) -> dict[str, tuple[str, str]]:
+    """``method -> (colour, marker)`` of the plotted lines of a figure."""
+    from matplotlib.colors import to_hex
+
+    out = {}
+    for line in fig.axes[0].get_lines():
+        label = line.get_label()
+        if not label.startswith("_") and label != "Pareto frontier":
+            out[label] = (to_hex(line.get_color()), str(line.get_marker()))
+    return out
+
+
+def test_each_method_keeps_its_style_across_figures(study: Path) -> None:
+    summary = summary_frame(samples_frame(load_runs([study])))
+    figs = make_figures(summary)
+    styles = [_method_lines(fig) for fig in figs.values()]
+    assert set(styles[0]) == {"unreduced", "random", "sttm", "fastv (K=2)"}
+    assert all(s == styles[0] for s in styles), styles
+    assert len(set(styles[0].values())) == len(styles[0]), "styles are distinct"
+    # A report without some method still gives the others the same style when
+    # the same methods are present: styles depend on the method names only.
+    again = make_figures(summary.iloc[::-1].reset_index(drop=True))
+    assert _method_lines(again["acc_vs_flops"]) == styles[0]
+
+
+def test_accuracy_points_carry_their_ci(study: Path) -> None:
+    summary = summary_frame(samples_frame(load_runs([study])))
+    ax = make_figures(summary)["acc_vs_ratio"].axes[0]
+    segments = [seg for coll in ax.collections for seg in coll.get_segments()]
+    spans = sorted((round(s[0][1], 6), round(s[1][1], 6)) for s in segments)
+    expected = sorted(
+        (round(lo, 6), round(hi, 6))
+        for lo, hi in zip(summary["acc_ci_low"], summary["acc_ci_high"], strict=True)
+    )
+    assert spans == expected, "one vertical 95% CI bar per run"
+
+
+def test_points_at_equal_x_stay_apart(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    _write_run(root, _config("none", None), acc=0.8, keep=1.0)
+    # Two budgets of one method that keep the same tokens, and another method
+    # at that same x: three points at one x.
+    _write_run(root, _config("sttm", 0.5), acc=0.6, keep=0.3)
+    _write_run(root, _config("sttm", 0.3), acc=0.6, keep=0.3)
+    _write_run(root, _config("random", 0.3), acc=0.6, keep=0.3)
+    summary = summary_frame(samples_frame(load_runs([root])))
+    ax = make_figures(summary)["acc_vs_ratio"].axes[0]
+    xs = {
+        line.get_label(): set(np.round(line.get_xdata(), 6))
+        for line in ax.get_lines()
+        if not line.get_label().startswith("_")
+    }
+    assert xs["sttm"].isdisjoint(xs["random"]), "methods at one x are dodged"
+    labels = sorted(t.get_text() for t in ax.texts)
+    assert labels == ["30%", "50%"], "same-method points name their budgets"
+
+
+@pytest.mark.parametrize("datasets", [1, 2])
+def test_titles_do_not_overlap(tmp_path: Path, datasets: int) -> None:
+    root = tmp_path / "runs"
+    names = ("a_dataset_with_a_rather_long_name", "another_long_dataset_name")
+    for ds in names[:datasets]:
+        _write_run(root, _config("none", None, ds), acc=0.8, keep=1.0)
+        _write_run(root, _config("random", 0.5, ds), acc=0.6, keep=0.5)
+    summary = summary_frame(samples_frame(load_runs([root])))
+    summary["random_weights"] = True  # the longest suptitle: "... (random weights)"
+    for name, fig in make_figures(summary).items():
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        canvas = FigureCanvasAgg(fig)
+        canvas.draw()  # constrained layout places the titles
+        renderer = canvas.get_renderer()
+        sup = fig._suptitle.get_window_extent(renderer)
+        figbox = fig.bbox
+        assert figbox.x0 <= sup.x0 and sup.x1 <= figbox.x1, f"{name}: title clipped"
+        boxes = [ax.title.get_window_extent(renderer) for ax in fig.axes]
+        for i, box in enumerate(boxes):
+            assert not box.overlaps(sup), f"{name}: panel title under the suptitle"
+            assert figbox.x0 <= box.x0 and box.x1 <= figbox.x1, name
+            for other in boxes[i + 1 :]:
+                assert not box.overlaps(other), f"{name}: panel titles overlap"
 
 
 def test_missing_latency_is_never_estimated(tmp_path: Path) -> None:
     root = tmp_path / "runs"
     _write_run(root, _config("none", None), acc=0.8, keep=1.0, latency=False)
     _write_run(root, _config("random", 0.5), acc=0.7, keep=0.5, latency=False)
-    out = main_report([root], tmp_path / "rep")
+    out = tmp_path / "rep"
+    out.mkdir()
+    for ext in ("png", "svg"):  # a figure left over from an earlier report
+        (out / f"acc_vs_ttft.{ext}").write_text("stale")
+    main_report([root], out)
     md = (out / "summary.md").read_text()
     assert "ms CPU" not in md and "n/a" in md
     summary = summary_frame(samples_frame(load_runs([root])))
     assert summary["ttft_ms"].isna().all()
-    assert "acc_vs_ttft" not in make_figures(summary), "nothing timed, nothing drawn"
-    ax = make_figures(summary, latency=True)["acc_vs_ttft"].axes[0]
-    assert any("not measured" in t.get_text() for t in ax.texts)
+    assert "acc_vs_ttft" not in make_figures(summary), "no figure of an unmeasured x"
+    assert "acc_vs_ttft" not in make_figures(summary, latency=True), "even if asked"
+    names = {p.name for p in out.iterdir()}
+    assert not any(n.startswith("acc_vs_ttft") for n in names), names
+    assert {"acc_vs_ratio.svg", "acc_vs_flops.png"} <= names
+
+
+def test_report_of_a_glob_twice(study: Path) -> None:
+    # `tokenred report runs/<study>/*`: the second call's glob holds report/.
+    first = main_report(sorted(study.iterdir()))
+    assert first == study / "report"
+    again = main_report(sorted(study.iterdir()))
+    assert again == first and (first / "summary.md").is_file()
+    with pytest.raises(UsageError, match="no run directory found"):
+        main_report([first])
 
 
 def test_cpu_latency_is_not_plotted_unless_asked(study: Path, tmp_path: Path) -> None:

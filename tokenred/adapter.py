@@ -13,7 +13,6 @@ Nothing here imports transformers; the Hugging Face adapters live in
 from __future__ import annotations
 
 import enum
-import json
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -72,11 +71,17 @@ class AdapterConfig:
 
     name: str = field(
         default="tiny",
-        metadata={"help": "registered model name, or a checkpoint directory path"},
+        metadata={
+            "help": "registered model name, a checkpoint directory, or a Hugging "
+            "Face id (ORG/NAME, from the local Hugging Face cache)"
+        },
     )
     path: str | None = field(
         default=None,
-        metadata={"help": "local checkpoint directory (save_pretrained layout)"},
+        metadata={
+            "help": "checkpoint directory (save_pretrained layout) or Hugging Face "
+            "id (ORG/NAME, from the local cache)"
+        },
     )
     dtype: DType = field(
         default=DType.float32,
@@ -134,6 +139,9 @@ class ModelAdapter(ABC):
     """Architecture family, e.g. ``"llava_onevision"``."""
     model_types: ClassVar[tuple[str, ...]] = ()
     """``config.json`` ``model_type`` values this adapter loads (``--model PATH``)."""
+    checkpoints: ClassVar[tuple[str, ...]] = ()
+    """Hugging Face ids of checkpoints it loads (``--model ORG/NAME``), for docs and
+    ``tokenred list models``."""
 
     def __init__(self, config: AdapterConfig | None = None) -> None:
         """Store the config; loading weights waits for :meth:`load`."""
@@ -295,19 +303,29 @@ def _looks_like_path(name: str) -> bool:
 def resolve_model_name(models: Registry[Any], name: str) -> tuple[str, str | None]:
     """Map ``--model`` to a registered adapter name and an optional checkpoint path.
 
-    A registered name (or alias) maps to itself. A directory path maps to the adapter
-    whose ``model_types`` contains its ``config.json`` ``model_type``.
+    A registered name (or alias) maps to itself. A directory path, or a Hugging Face
+    repo id (``org/name``, found in the local Hugging Face cache), maps to the
+    adapter whose ``model_types`` contains its ``config.json`` ``model_type``.
 
     Returns:
-        ``(registered_name, path_or_None)``.
+        ``(registered_name, path_or_None)``; a repo id yields its snapshot path.
 
     Raises:
-        ModelLoadError: For a path without a readable ``config.json`` or an
-            unsupported ``model_type``.
+        ModelLoadError: For a path without a readable ``config.json``, a repo id
+            that is not cached (offline), an original-format LLaVA checkpoint
+            (with the ``tokenred convert`` command) or an unsupported
+            ``model_type``.
     """
-    if name in models or not _looks_like_path(name):
+    from tokenred.checkpoints import (
+        is_repo_id,
+        read_config,
+        reject_original_llava,
+        resolve_checkpoint,
+    )
+
+    if name in models or not (_looks_like_path(name) or is_repo_id(name)):
         return models.entry(name).name, None
-    path = Path(name).expanduser()
+    path = resolve_checkpoint(name)
     config_file = path / "config.json"
     if not config_file.is_file():
         what = "does not exist" if not path.exists() else "has no config.json"
@@ -317,11 +335,12 @@ def resolve_model_name(models: Registry[Any], name: str) -> tuple[str, str | Non
             "huggingface-cli download ORG/NAME --local-dir DIR"
         )
         raise ModelLoadError(msg)
-    try:
-        model_type = json.loads(config_file.read_text())["model_type"]
-    except (OSError, ValueError, KeyError) as exc:
-        msg = f"model checkpoint '{path}': no model_type in config.json ({exc})"
-        raise ModelLoadError(msg) from exc
+    config = read_config(path)
+    reject_original_llava(path, config)
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str):
+        msg = f"model checkpoint '{path}': no model_type in config.json"
+        raise ModelLoadError(msg)
     supported: list[str] = []
     for entry in models:
         try:

@@ -116,6 +116,9 @@ def build_parser(session: Session) -> argparse.ArgumentParser:
     _calibrate_command(
         add("calibrate", "fit a reducer's thresholds to an average budget"), session
     )
+    _convert_command(
+        add("convert", "convert an original-format LLaVA checkpoint to HF format")
+    )
     session.pm.hook.register_commands(subparsers=sub)
     return parser
 
@@ -216,6 +219,19 @@ def _report_command(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=_cmd_report)
 
 
+def _convert_command(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "source",
+        metavar="SOURCE",
+        help="original LLaVA-OneVision/Video checkpoint (LlavaQwenForCausalLM): a "
+        "directory or a cached Hugging Face id, e.g. lmms-lab/LLaVA-Video-7B-Qwen2",
+    )
+    p.add_argument(
+        "output", metavar="OUT_DIR", help="new HF-format checkpoint directory"
+    )
+    p.set_defaults(func=_cmd_convert)
+
+
 # --------------------------------------------------------------------------- commands
 def _config_sources(session: Session, args: argparse.Namespace) -> dict[str, Any]:
     """Return the shorthand flags and overrides as config-loader keywords."""
@@ -310,6 +326,8 @@ def _class_row(entry: Entry[Any], attrs: Sequence[str]) -> dict[str, Any]:
         value = getattr(cls, attr, None)
         if isinstance(value, frozenset | set):
             value = sorted(getattr(v, "value", v) for v in value)
+        elif isinstance(value, tuple):
+            value = list(value)
         row[attr] = value
     return {**row, **_origin(entry)}
 
@@ -322,7 +340,7 @@ def _rows(session: Session, kind: str) -> list[dict[str, Any]]:
             if kind == "reducers":
                 rows.append(_reducer_row(entry))
             elif kind == "models":
-                rows.append(_class_row(entry, ("stages", "rope")))
+                rows.append(_class_row(entry, ("stages", "rope", "checkpoints")))
             else:
                 rows.append(_class_row(entry, ("homepage",)))
         except TokenredError as exc:
@@ -353,7 +371,8 @@ def _cmd_list(session: Session, args: argparse.Namespace) -> int:
         head = ["NAME", "STAGES", "NEEDS", "EXACT", "QUERY-AGN.", "POSITIONS"]
         keys = ["stages", "needs", "exact_budget", "query_agnostic", "position_policy"]
     elif args.kind == "models":
-        head, keys = ["NAME", "STAGES", "ROPE"], ["stages", "rope"]
+        head = ["NAME", "STAGES", "ROPE", "CHECKPOINTS (--model ORG/NAME)"]
+        keys = ["stages", "rope", "checkpoints"]
     else:
         head, keys = ["NAME", "HOMEPAGE"], ["homepage"]
     table = [[*head, "FROM", "DESCRIPTION"]]
@@ -428,6 +447,17 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     out = main_report(args.run_dirs, args.out, latency=args.latency)
     print(f"report written to {out}")
+    return int(ExitCode.OK)
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from tokenred.convert import convert_llava_original
+
+    result = convert_llava_original(args.source, args.output)
+    for note in result.notes:
+        print(f"note: {note}")
+    out = result.output
+    print(f"wrote {result.tensors} tensors to {out}; use --model {out}")
     return int(ExitCode.OK)
 
 

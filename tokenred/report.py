@@ -95,15 +95,36 @@ class Run:
         }
 
 
+REPORT_FILES = ("summary.csv", "summary.md")
+"""Files that mark a folder as a report written by :func:`main_report`."""
+
+
+def is_report_dir(path: Path) -> bool:
+    """Whether ``path`` is a report folder (so ``runs/<study>/*`` may include it)."""
+    return path.is_dir() and any((path / name).is_file() for name in REPORT_FILES)
+
+
 def find_run_dirs(paths: Sequence[str | Path]) -> list[Path]:
-    """Return run directories: the paths themselves or run folders below them."""
+    """Return run directories: the paths themselves or run folders below them.
+
+    Report folders among ``paths`` are skipped, so ``tokenred report
+    runs/<study>/*`` works again after its first call wrote ``runs/<study>/report``;
+    so are stray files a shell glob picked up.
+
+    Raises:
+        UsageError: When a folder holds no run, or no path holds any.
+    """
     found: list[Path] = []
+    skipped: list[Path] = []
     for raw in paths:
         path = Path(raw)
         if (path / RunStore.SAMPLES).exists() or (path / RunStore.MANIFEST).exists():
             found.append(path)
             continue
         below = sorted({p.parent for p in path.glob(f"**/{RunStore.MANIFEST}")})
+        if not below and (is_report_dir(path) or path.is_file()):
+            skipped.append(path)
+            continue
         if not below:
             msg = (
                 f"no run directory found at {path}; pass folders that contain "
@@ -111,6 +132,14 @@ def find_run_dirs(paths: Sequence[str | Path]) -> list[Path]:
             )
             raise UsageError(msg)
         found.extend(below)
+    if skipped:
+        log.info("skipped %s (not run directories)", ", ".join(map(str, skipped)))
+    if not found:
+        msg = (
+            f"no run directory found in {', '.join(map(str, paths))}; pass folders "
+            f"that contain {RunStore.MANIFEST} (e.g. runs/<study>/*)"
+        )
+        raise UsageError(msg)
     return list(dict.fromkeys(found))
 
 
@@ -381,24 +410,127 @@ def summary_markdown(summary: pd.DataFrame, average: pd.DataFrame | None = None)
 
 # ---- figures
 
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "p", "h", "*")
+"""Marker cycle of :func:`method_styles` (the colour cycle is matplotlib's tab10)."""
+DODGE = 0.02
+"""Half-width, as a fraction of the x range, over which methods sharing an x spread."""
 
-def _panel(ax: Axes, data: pd.DataFrame, x: str, pareto: bool, empty: str) -> None:
-    """Draw one (model, dataset) panel: a line per method, optional Pareto front."""
-    import seaborn as sns
 
-    data = data.dropna(subset=[x, "accuracy"]).sort_values(x)
+def method_styles(methods: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """Return one ``(colour, marker)`` per method, the same in every figure.
+
+    The unreduced run comes first (black circles), the others in sorted order, so a
+    method keeps its style across the figures of a report whatever each figure
+    happens to show.
+    """
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
+    palette = [to_hex(c) for c in colormaps["tab10"].colors]  # type: ignore[attr-defined]
+    palette.remove(to_hex("tab:gray"))  # kept apart from the Pareto frontier's grey
+    ordered = sorted(set(methods), key=lambda m: (m != "unreduced", m))
+    styles: dict[str, tuple[str, str]] = {}
+    others = [m for m in ordered if m != "unreduced"]
+    if "unreduced" in ordered:
+        styles["unreduced"] = ("#000000", "o")
+    for i, method in enumerate(others):
+        styles[method] = (palette[i % len(palette)], MARKERS[(i + 1) % len(MARKERS)])
+    return styles
+
+
+def _dodged(data: pd.DataFrame, x: str, order: Sequence[str]) -> pd.Series:
+    """Return ``data[x]`` with points of different methods at one x spread apart.
+
+    Points of several methods at the same x (e.g. every reducer at exactly 50 %)
+    would hide each other's markers and error bars; each method gets a fixed slot
+    within +-:data:`DODGE` of the x range. Points alone at their x stay exact.
+    """
+    values = data[x].astype(float)
+    span = float(values.max() - values.min()) or abs(float(values.max())) or 1.0
+    key = (values / (span * 1e-3)).round()
+    methods_at = data.groupby(key)["method"].transform("nunique")
+    present = [m for m in order if m in set(data["method"])]
+    if len(present) < 2:
+        return values
+    slot = data["method"].map({m: i for i, m in enumerate(present)}).astype(float)
+    offset = (slot / (len(present) - 1) - 0.5) * 2 * DODGE * span
+    return values.where(methods_at < 2, values + offset)
+
+
+def _label_close_budgets(ax: Axes, data: pd.DataFrame, xs: pd.Series) -> None:
+    """Name the budget of points of one method that share (almost) one x.
+
+    A reducer that keeps fewer tokens than its budget (STTM's thresholds) can land
+    several budgets on the same x; labels keep those points apart.
+    """
+    span = float(xs.max() - xs.min()) or 1.0
+    for _, group in data.groupby("method", sort=True):
+        gx = xs[group.index]
+        for _, close in group.groupby((gx / (0.02 * span)).round(), sort=True):
+            if len(close) < 2:
+                continue
+            for rank, (idx, row) in enumerate(close.iterrows()):
+                ax.annotate(
+                    str(row["budget"]), (xs[idx], row["accuracy"]),
+                    xytext=(6, 10 - 12 * rank), textcoords="offset points",
+                    fontsize="x-small", va="center",
+                )  # fmt: skip
+
+
+def _panel(
+    ax: Axes,
+    data: pd.DataFrame,
+    x: str,
+    pareto: bool,
+    empty: str,
+    styles: dict[str, tuple[str, str]],
+) -> None:
+    """Draw one (model, dataset) panel: a line with 95 % CI error bars per method."""
+    data = data.dropna(subset=[x, "accuracy"]).sort_values([x, "method"])
     if data.empty:
         ax.text(0.5, 0.5, empty, ha="center", va="center", transform=ax.transAxes)
         return
-    sns.lineplot(data=data, x=x, y="accuracy", hue="method", style="method",
-                 markers=True, dashes=False, ax=ax, sort=False, markersize=8,
-                 estimator=None)  # fmt: skip
+    xs = _dodged(data, x, list(styles))
+    for method in (m for m in styles if m in set(data["method"])):
+        rows = data[data["method"] == method]
+        colour, marker = styles[method]
+        acc = rows["accuracy"].to_numpy(float)
+        low = (acc - rows["acc_ci_low"].to_numpy(float)).clip(min=0)
+        high = (rows["acc_ci_high"].to_numpy(float) - acc).clip(min=0)
+        ax.errorbar(xs[rows.index], acc, yerr=[low, high], fmt="none",
+                    ecolor=colour, elinewidth=1, capsize=3, alpha=0.7)  # fmt: skip
+        ax.plot(xs[rows.index], acc, color=colour, marker=marker, markersize=7,
+                linewidth=1.5, label=method)  # fmt: skip
+    _label_close_budgets(ax, data, xs)
     if pareto:
         front = data.iloc[pareto_front(data[x].to_numpy(), data["accuracy"].to_numpy())]
-        ax.step(front[x], front["accuracy"], where="post", color="0.3", linestyle="--",
+        ax.step(front[x], front["accuracy"], where="post", color="0.45", linestyle="--",
                 linewidth=1, label="Pareto frontier")  # fmt: skip
-    ax.legend(fontsize="small")
     ax.grid(True, alpha=0.3)
+
+
+def _legend(fig: Figure, styles: dict[str, tuple[str, str]], pareto: bool) -> None:
+    """One legend below the panels, in :func:`method_styles` order."""
+    from matplotlib.lines import Line2D
+
+    handles = [
+        Line2D([], [], color=c, marker=m, markersize=7, label=method)
+        for method, (c, m) in styles.items()
+    ]
+    if pareto:
+        handles.append(
+            Line2D([], [], color="0.45", linestyle="--", label="Pareto frontier")
+        )
+    fig.legend(handles=handles, loc="outside lower center", fontsize="small",
+               ncols=min(len(handles), 4), frameon=False)  # fmt: skip
+
+
+def _wrap(text: str, width_in: float, font_pt: float) -> str:
+    """Wrap ``text`` to lines that fit ``width_in`` inches at ``font_pt`` points."""
+    import textwrap
+
+    chars = max(20, int(width_in * 72 / (0.55 * font_pt)))
+    return "\n".join(textwrap.wrap(text, chars))
 
 
 def _figure_specs(summary: pd.DataFrame, flop_unit: str) -> dict[str, tuple[Any, ...]]:
@@ -441,7 +573,10 @@ def make_figures(
 
     One panel per (model, dataset); built on :class:`matplotlib.figure.Figure`
     directly, so no pyplot state or global backend is touched. ``acc_vs_ttft`` is
-    left out unless :func:`plot_latency` says to draw it: FLOPs are the cost axis.
+    left out unless :func:`plot_latency` says to draw it (FLOPs are the cost axis),
+    and a figure whose x metric no run measured is left out rather than drawn
+    empty. Each method keeps one colour and marker (:func:`method_styles`) across
+    all figures; accuracy points carry their 95 % bootstrap CI as error bars.
     """
     from matplotlib.figure import Figure
 
@@ -449,21 +584,40 @@ def make_figures(
     flops = summary["flops_prefill"]
     div, unit = flops_unit(float(flops.max()) if flops.notna().any() else 1.0)
     frame = summary.assign(flops_plot=flops / div)
+    styles = method_styles(list(summary["method"]))
     suffix = " (random weights)" if summary["random_weights"].any() else ""
+    width = 5.5 * max(1, len(groups))
     figures: dict[str, Figure] = {}
     specs = _figure_specs(summary, unit)
     if not plot_latency(summary, latency):
         del specs["acc_vs_ttft"]
     for name, (x, label, title, pareto, empty) in specs.items():
-        fig = Figure(figsize=(5.5 * max(1, len(groups)), 4.2), layout="constrained")
+        if not (frame[x].notna() & frame["accuracy"].notna()).any():
+            continue  # never measured: no figure at all
+        fig = Figure(figsize=(width, 4.8), layout="constrained")
         axes = fig.subplots(1, max(1, len(groups)), squeeze=False)[0]
         for ax, (model, dataset) in zip(axes, groups, strict=False):
             mask = (frame["model"] == model) & (frame["dataset"] == dataset)
-            _panel(ax, frame[mask], x, pareto, empty)
-            ax.set(title=f"{model} · {dataset}", xlabel=label, ylabel="Accuracy (%)")
-        fig.suptitle(title + suffix)
+            _panel(ax, frame[mask], x, pareto, empty, styles)
+            ax.set(xlabel=label, ylabel="Accuracy (%)")
+            ax.set_title(_wrap(f"{model} · {dataset}", 5.2, 10), fontsize=10)
+        _legend(fig, styles, pareto)
+        fig.suptitle(_wrap(title + suffix, width - 0.3, 12), fontsize=12)
         figures[name] = fig
     return figures
+
+
+def remove_stale_figures(out: Path, written: Sequence[str]) -> None:
+    """Delete report figures in ``out`` that this report did not write.
+
+    Rewriting a report folder after, say, turning latency off must not leave the
+    old TTFT figure next to the new tables.
+    """
+    for name in FIGURES:
+        if name in written:
+            continue
+        for ext in ("png", "svg"):
+            (out / f"{name}.{ext}").unlink(missing_ok=True)
 
 
 # ---- entry points
@@ -569,11 +723,7 @@ def main_report(
         )
     figures = make_figures(summary, latency)
     save_figures(figures, out)
-    for name in set(FIGURES) - set(figures):
-        for stale in (out / f"{name}.png", out / f"{name}.svg"):
-            if stale.is_file():
-                stale.unlink()
-                log.info("removed %s (figure not drawn for these runs)", stale)
+    remove_stale_figures(out, list(figures))
     log.info("report of %d runs written to %s", len(runs), out)
     return out
 
@@ -595,6 +745,8 @@ def save_figures(figures: dict[str, Figure], out: Path) -> None:
 def summary_table(stores: Sequence[RunStore | str | Path]) -> str:
     """Return a short Markdown table of runs, for the runner to print at the end."""
     paths = [s.path if isinstance(s, RunStore) else Path(s) for s in stores]
+    if not paths:
+        return "(no records)\n"
     runs = load_runs(paths)
     samples = samples_frame(runs)
     if samples.empty:

@@ -110,11 +110,15 @@ class HFVideoAdapter(ModelAdapter):
     def _checkpoint_path(self) -> Path:
         if self.config.path is None:
             msg = (
-                f"model '{self.name}' needs a local checkpoint: set model.path=DIR or "
-                "pass --model DIR (a save_pretrained directory)"
+                f"model '{self.name}' needs a checkpoint: set model.path=DIR or pass "
+                "--model DIR (a save_pretrained directory) or --model ORG/NAME (a "
+                "Hugging Face id in the local cache)"
             )
             raise ModelLoadError(msg)
-        return Path(self.config.path).expanduser()
+        from tokenred.checkpoints import resolve_checkpoint
+
+        # model.path may also be a Hugging Face repo id (the cached snapshot).
+        return resolve_checkpoint(self.config.path)
 
     def weights_identity(self) -> str | None:
         """Fingerprint of the checkpoint's weights (see ``weights_fingerprint``).
@@ -136,6 +140,9 @@ class HFVideoAdapter(ModelAdapter):
         path = check_checkpoint_dir(
             self._checkpoint_path(), weights=not self.allow_random_init
         )
+        from tokenred.checkpoints import read_config, reject_original_llava
+
+        reject_original_llava(path, read_config(path))
         self._device = resolve_device(self.config.device)
         dtype = self.config.dtype.torch
         self._attn = resolve_attn(self.config.attn_implementation, self._device, dtype)

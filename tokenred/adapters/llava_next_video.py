@@ -47,6 +47,7 @@ class LlavaNextVideoAdapter(HFVideoAdapter):
     Config: ClassVar[type[AdapterConfig]] = NextVideoAdapterConfig
     family = "llava_next_video"
     model_types: ClassVar[tuple[str, ...]] = ("llava_next_video",)
+    checkpoints: ClassVar[tuple[str, ...]] = ("llava-hf/LLaVA-NeXT-Video-7B-hf",)
     model_class = "LlavaNextVideoForConditionalGeneration"
     chat = VICUNA_CHAT
 

@@ -49,6 +49,10 @@ class LlavaOnevisionAdapter(HFVideoAdapter):
     Config: ClassVar[type[AdapterConfig]] = OneVisionAdapterConfig
     family = "llava_onevision"
     model_types: ClassVar[tuple[str, ...]] = ("llava_onevision",)
+    checkpoints: ClassVar[tuple[str, ...]] = (
+        "llava-hf/LLaVA-Video-7B-Qwen2-hf",
+        "llava-hf/llava-onevision-qwen2-7b-ov-hf",
+    )
     model_class = "LlavaOnevisionForConditionalGeneration"
     chat = QWEN_CHAT
 

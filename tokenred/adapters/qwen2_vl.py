@@ -91,6 +91,7 @@ class Qwen2VLAdapter(HFVideoAdapter):
     family = "qwen2_vl"
     rope = "mrope"
     model_types: ClassVar[tuple[str, ...]] = ("qwen2_vl",)
+    checkpoints: ClassVar[tuple[str, ...]] = ("Qwen/Qwen2-VL-7B-Instruct",)
     model_class = "Qwen2VLForConditionalGeneration"
     chat = QWEN_VL_CHAT
 
@@ -209,6 +210,7 @@ class Qwen25VLAdapter(Qwen2VLAdapter):
     Config: ClassVar[type[AdapterConfig]] = Qwen25VLAdapterConfig
     family = "qwen2_5_vl"
     model_types: ClassVar[tuple[str, ...]] = ("qwen2_5_vl",)
+    checkpoints: ClassVar[tuple[str, ...]] = ("Qwen/Qwen2.5-VL-7B-Instruct",)
     model_class = "Qwen2_5_VLForConditionalGeneration"
 
     def _rope_kwargs(self, video: VideoFeatures) -> dict[str, Any]:

@@ -42,6 +42,7 @@ class TinyAdapter(LlavaOnevisionAdapter):
     Config: ClassVar[type[AdapterConfig]] = TinyAdapterConfig
     family = "llava_onevision"
     model_types: ClassVar[tuple[str, ...]] = ()
+    checkpoints: ClassVar[tuple[str, ...]] = ()
     allow_random_init = True
 
     def _checkpoint_path(self) -> Path:
