@@ -8,17 +8,13 @@ from sttm_inputs import blocky_video, checkerboard
 from tokenred_sttm.merge import (
     MergeOptions,
     evaluate,
+    pair_similarities,
     prepare,
     sttm_merge,
-    with_tables,
+    with_cache,
 )
 from tokenred_sttm.quadtree import build_lattice, level_sizes, node_features, partition
-from tokenred_sttm.temporal import (
-    candidate_pairs,
-    pair_similarity,
-    propagate,
-    table_pairs,
-)
+from tokenred_sttm.temporal import candidate_pairs, pair_keys, propagate
 
 CPU = torch.device("cpu")
 
@@ -151,21 +147,45 @@ def test_single_frame_and_single_token() -> None:
 
 @pytest.mark.parametrize("reference", [True, False])
 @pytest.mark.parametrize("head_dim", [None, 4])
-def test_pair_tables_match_the_direct_cosines(
+def test_pair_cache_matches_the_direct_cosines(
     reference: bool, head_dim: int | None
 ) -> None:
     grid = blocky_video((4, 10, 18), seed=12)
     opts = MergeOptions(reference=reference, head_dim=head_dim, root_level=0)
     prep = prepare(grid, opts)
-    fast = with_tables(prep)
-    for tau_s, tau_t in ((0.5, 0.3), (0.8, 0.6), (0.9, 0.8), (0.97, 0.9)):
+    fast = with_cache(prep)
+    seen: set[int] = set()
+    for tau_s, tau_t in ((0.5, 0.3), (0.8, 0.6), (0.9, 0.8), (0.97, 0.9), (0.8, 0.6)):
         part = partition(prep.pscores, prep.lattice, tau_s)
         feats = node_features(prep.levels, prep.lattice, part, prep.level_dtype)
         dst, src = candidate_pairs(part)
-        sims = pair_similarity(feats, dst, src, head_dim, owned=True)
-        assert fast.tables is not None
-        tdst, tsrc, tsims = table_pairs(fast.tables, part, prep.lattice)
-        assert torch.equal(dst, tdst) and torch.equal(src, tsrc)
-        assert torch.equal(sims, tsims), "table cosines are not bit-identical"
+        u = feats.float() / (feats.float().norm(dim=-1, keepdim=True) + 1e-8)
+        if head_dim is None:
+            want = (u[dst] * u[src]).sum(-1)
+            torch.testing.assert_close(pair_similarities(prep, part)[2], want)
+        _, _, direct = pair_similarities(prep, part)
+        cdst, csrc, cached = pair_similarities(fast, part)
+        assert torch.equal(dst, cdst) and torch.equal(src, csrc)
+        assert torch.equal(direct, cached), "cached cosines are not bit-identical"
+        keys = pair_keys(part, prep.lattice)
+        assert keys.unique().numel() == keys.numel(), "a key names two pairs"
+        seen |= set(keys.tolist())
         a, b = evaluate(prep, tau_s, tau_t), evaluate(fast, tau_s, tau_t)
         assert torch.equal(a.rep, b.rep) and a.n_out == b.n_out
+    assert fast.cache is not None
+    assert int((~torch.isnan(fast.cache)).sum()) == len(seen)
+
+
+@pytest.mark.parametrize("reference", [True, False])
+def test_sparse_walk_equals_dense_scores(reference: bool) -> None:
+    grid = blocky_video((3, 20, 36), seed=4)
+    opts = MergeOptions(reference=reference, root_level=1)
+    dense = prepare(grid, opts)
+    for tau_s in (0.6, 0.85, 0.95):
+        sparse = prepare(grid, opts, reach=tau_s)
+        a = evaluate(dense, tau_s, 0.6)
+        b = evaluate(sparse, tau_s, 0.6)
+        assert torch.equal(a.part.node, b.part.node)
+        assert torch.equal(a.rep, b.rep)
+        touched = int(torch.isfinite(sparse.pscores).sum())
+        assert touched <= int(torch.isfinite(dense.pscores).sum())

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -41,12 +42,22 @@ from tokenred_sttm.merge import (
     Evaluation,
     MergeOptions,
     Prepared,
-    STTMMode,
+    may_pair,
+    cut,
     evaluate,
+    group,
+    pair_similarities,
     prepare,
-    with_tables,
+    with_cache,
 )
-from tokenred_sttm.quadtree import head_dot, unit
+from tokenred_sttm.modes import STTMMode
+from tokenred_sttm.quadtree import (
+    count_nodes,
+    head_dot,
+    node_intervals,
+    partition_at,
+    unit,
+)
 
 if TYPE_CHECKING:
     from tokenred.tokens import VisualTokens
@@ -58,6 +69,8 @@ LAMBDA_LOW = -1.0
 """Schedule parameter that merges as much as the tree allows."""
 TAU_T_FLOOR = 1e-3
 """Smallest ``tau_t`` the schedule produces."""
+SCHEDULE_RESOLUTION = 1e-4
+"""Bracket width at which the schedule bisection stops (the fill does the rest)."""
 
 
 class BudgetMode(str, enum.Enum):
@@ -93,50 +106,225 @@ class SearchOutcome:
     """Result of a per-video search.
 
     Attributes:
-        evaluation: The groups at the chosen thresholds.
-        lam: Schedule parameter chosen.
-        evals: Number of STTM evaluations run.
+        evaluation: The groups at the chosen thresholds, after the fill.
+        lam: Schedule parameter of the bracket's fitting end.
+        evals: Number of STTM evaluations run (cuts of the tree).
+        detached: Group members the fill split off into their own tokens.
+        split: Spatial nodes the fill refined into their children.
     """
 
     evaluation: Evaluation
     lam: float
     evals: int
+    detached: int = 0
+    split: int = 0
 
 
 def search(prep: Prepared, budget: int, *, gap: float, iters: int) -> SearchOutcome:
-    """Bisect the schedule for the largest output that fits ``budget``.
+    """Find the groups of exactly ``budget`` tokens (or as close below as possible).
 
-    When even ``LAMBDA_LOW`` exceeds the budget, its evaluation is returned and the
-    caller must merge further (:func:`merge_adjacent`).
+    Two steps. The *schedule* step bisects ``lam`` (at most ``iters`` steps, fewer
+    once the bracket is narrow) for a bracket ``lo < hi`` whose counts fit and
+    exceed the budget; it fixes the balance between the stages. The *fill* then
+    lands on the budget inside the bracket (:func:`fill`). When even ``LAMBDA_LOW``
+    exceeds the budget, its evaluation is returned and the caller must merge
+    further (:func:`merge_adjacent`).
 
     Args:
-        prep: The prepared video.
+        prep: The prepared video (every parent scored: ``reach=None``).
         budget: Maximum output tokens.
         gap: Schedule gap ``tau_s - tau_t``.
-        iters: Bisection steps after the two end points.
+        iters: Most bisection steps after the two end points.
     """
     hi = lambda_high(gap)
     if prep.n_tokens <= budget:
         return SearchOutcome(evaluate(prep, *schedule(hi, gap)), hi, 1)
-    prep = with_tables(prep)
+    prep = with_cache(prep)
     lo = LAMBDA_LOW
     best = evaluate(prep, *schedule(lo, gap))
-    best_lam, evals = lo, 1
+    evals = 1
     if best.n_out > budget:
-        return SearchOutcome(best, best_lam, evals)
+        return SearchOutcome(best, lo, evals)
     for _ in range(iters):
-        if best.n_out == budget:
+        if best.n_out == budget or hi - lo < SCHEDULE_RESOLUTION:
             break
         mid = 0.5 * (lo + hi)
         ev = evaluate(prep, *schedule(mid, gap))
         evals += 1
         if ev.n_out <= budget:
-            lo = mid
-            if ev.n_out >= best.n_out:
-                best, best_lam = ev, mid
+            lo, best = mid, ev
         else:
             hi = mid
-    return SearchOutcome(best, best_lam, evals)
+    if best.n_out == budget:
+        return SearchOutcome(best, lo, evals)
+    ev, detached, split = fill(prep, best, hi, budget)
+    return SearchOutcome(ev, lo, evals, detached, split)
+
+
+def fill(
+    prep: Prepared, fits: Evaluation, lam_hi: float, budget: int
+) -> tuple[Evaluation, int, int]:
+    """Refine the groups of a fitting cut until they number exactly ``budget``.
+
+    The partitions of neighbouring thresholds are nested, so the fill refines
+    rather than re-cuts:
+
+    1. *Spatial*: take the coarsest quadtree cut with ``tau_s`` in
+       ``[fits.tau_s, lam_hi]`` that has at least ``budget`` nodes (read off the
+       sorted node intervals, no cut needed).
+    2. *Temporal*: on that partition, raise ``tau_t`` to the highest of the pair
+       cosines (bisection over their sorted values) at which the groups still fit.
+    3. *Detach*: split off the ``budget - count`` group members whose strongest
+       merge is the weakest (ties: earliest node), one token each.
+
+    Without a temporal stage, step 2 and 3 become a spatial refinement: the
+    least-similar nodes of the last fitting cut split into their children, which
+    lands within two tokens. If the temporal stage cannot bring the partition of
+    step 1 under the budget, ``fits`` is detached as far as it allows.
+
+    Returns:
+        The evaluation, the members detached and the nodes split.
+    """
+    low, high = node_intervals(prep.pscores, prep.lattice)
+    taus = _breakpoints(low, high, fits.tau_s, lam_hi)
+    counts = count_nodes(low, high, taus)
+    reached = torch.nonzero(counts >= budget).squeeze(1)
+    if not may_pair(prep) or reached.numel() == 0:
+        return _spatial_fill(prep, fits, taus, counts, budget)
+    tau_s = float(taus[reached[0]])
+    part = fits.part if tau_s == fits.tau_s else cut(prep, tau_s)
+    pairs = pair_similarities(prep, part)
+    recut = _recut(prep, part.n_nodes, pairs, budget)
+    if recut is None:  # the temporal stage cannot bring this cut under budget
+        if fits.pairs is None:
+            return fits, 0, 0
+        part, pairs = fits.part, fits.pairs
+        rep, tau_t, rounds, tau_s = fits.rep, fits.tau_t, fits.rounds, fits.tau_s
+    else:
+        rep, tau_t, rounds = recut
+    rep, detached = _detach(rep, pairs, tau_t, budget)
+    n_out = int((rep == torch.arange(rep.shape[0], device=rep.device)).sum())
+    return Evaluation(tau_s, tau_t, part, rep, rounds, n_out, pairs), detached, 0
+
+
+def _breakpoints(low: Tensor, high: Tensor, start: float, stop: float) -> Tensor:
+    """Return the sorted thresholds in ``[start, stop]`` where the node count moves.
+
+    The count of ``low < tau <= high`` changes just above a ``low`` and just above
+    a ``high``; ``start`` itself is included.
+    """
+    vals = torch.cat([low, high])
+    vals = vals[torch.isfinite(vals)]
+    vals = torch.nextafter(vals, torch.full_like(vals, math.inf))
+    vals = vals[(vals > start) & (vals <= stop)]
+    first = torch.tensor([start], dtype=vals.dtype, device=vals.device)
+    return torch.unique(torch.cat([first, vals]))
+
+
+def _recut(
+    prep: Prepared, n: int, pairs: tuple[Tensor, Tensor, Tensor], budget: int
+) -> tuple[Tensor, float, int] | None:
+    """Return ``(rep, tau_t, rounds)`` at the highest ``tau_t`` whose count fits.
+
+    ``tau_t`` runs over the distinct pair cosines of at least ``TAU_T_FLOOR``; each
+    bisection step is one label propagation. None when all of them together still
+    exceed the budget.
+    """
+    sims = pairs[2]
+    vals = torch.unique(sims[sims >= TAU_T_FLOOR]).flip(0)  # descending
+    if n <= budget:
+        return torch.arange(n, device=sims.device), lambda_high(0.0), 0
+    if vals.numel() == 0:
+        return None
+    low, high = -1, vals.numel() - 1  # count(low) > budget, count(high) <= budget
+    rep, rounds, n_out = group(prep, n, pairs, float(vals[high]))
+    if n_out > budget:
+        return None
+    while high - low > 1:
+        mid = (low + high) // 2
+        cand = group(prep, n, pairs, float(vals[mid]))
+        if cand[2] <= budget:
+            high, (rep, rounds, n_out) = mid, cand
+        else:
+            low = mid
+    return rep, float(vals[high]), rounds
+
+
+def _detach(
+    rep: Tensor, pairs: tuple[Tensor, Tensor, Tensor], tau_t: float, budget: int
+) -> tuple[Tensor, int]:
+    """Make group members their own tokens until there are ``budget`` groups.
+
+    A representative is its group's smallest id and no member represents another,
+    so each detached member adds exactly one token. Members go in order of their
+    strongest merge cosine (weakest first), ties by node id.
+    """
+    n = rep.shape[0]
+    idx = torch.arange(n, device=rep.device)
+    members = torch.nonzero(rep != idx).squeeze(1)
+    want = budget - (n - members.shape[0])
+    if want <= 0 or members.numel() == 0:
+        return rep, 0
+    dst, src, sims = pairs
+    edge = sims >= tau_t
+    strength = torch.full((n,), -math.inf, device=rep.device)
+    strength.scatter_reduce_(0, dst[edge], sims[edge], reduce="amax")
+    strength.scatter_reduce_(0, src[edge], sims[edge], reduce="amax")
+    order = members[torch.sort(strength[members], stable=True).indices]
+    chosen = order[:want]
+    rep = rep.clone()
+    rep[chosen] = chosen
+    return rep, int(chosen.shape[0])
+
+
+def _spatial_fill(
+    prep: Prepared, fits: Evaluation, taus: Tensor, counts: Tensor, budget: int
+) -> tuple[Evaluation, int, int]:
+    """Split the least-similar nodes of the last fitting cut toward ``budget``.
+
+    Used without a temporal stage: the count is the node count, which jumps by 1-3
+    (or more on ties) from one breakpoint to the next.
+    """
+    fit = torch.nonzero(counts <= budget).squeeze(1)
+    over = torch.nonzero(counts > budget).squeeze(1)
+    if fit.numel() == 0 or over.numel() == 0 or fits.pairs is not None:
+        return fits, 0, 0
+    tau_a, tau_b = float(taus[fit[-1]]), float(taus[over[0]])
+    part_a, part_b = cut(prep, tau_a), cut(prep, tau_b)
+    n_a = part_a.n_nodes
+    # Nodes of part_b inside each node of part_a (part_b refines part_a).
+    pieces = torch.zeros(n_a, dtype=torch.long, device=part_a.node.device)
+    pieces.index_add_(
+        0,
+        part_a.node[part_b.is_top_left],
+        torch.ones_like(part_a.node[part_b.is_top_left]),
+    )
+    gain = pieces - 1
+    level = part_a.level.reshape(-1)[part_a.tl_index]
+    y, x = part_a.tlbr[:, 1], part_a.tlbr[:, 2]
+    # The score that kept each node whole: lower = less similar, split first.
+    top = max(prep.pscores.shape[0] - 1, 0)
+    score = prep.pscores[level.clamp(max=top), part_a.tlbr[:, 0], y, x]
+    cand = torch.nonzero(gain > 0).squeeze(1)
+    order = cand[torch.sort(score[cand], stable=True).indices]
+    left = budget - n_a
+    n_take = int((torch.cumsum(gain[order], 0) <= left).sum())
+    take, rest = order[:n_take], order[n_take:]
+    left -= int(gain[take].sum())
+    extra = []
+    for g in (1, 2):  # top up with the nodes that add one or two tokens
+        small = rest[gain[rest] == g][: left // g]
+        extra.append(small)
+        left -= g * small.shape[0]
+        rest = rest[gain[rest] != g]
+    chosen = torch.cat([take, *extra])
+    split = torch.zeros(n_a, dtype=torch.bool, device=pieces.device)
+    split[chosen] = True
+    lvl = torch.where(split[part_a.node], part_b.level, part_a.level)
+    part = partition_at(lvl, prep.lattice)
+    rep = torch.arange(part.n_nodes, device=lvl.device)
+    ev = Evaluation(tau_a, fits.tau_t, part, rep, 0, part.n_nodes)
+    return ev, 0, int(chosen.shape[0])
 
 
 def merge_adjacent(tokens: VisualTokens, budget: int) -> Reduction:
@@ -207,7 +395,7 @@ def fit_thresholds(
         average: Per-video mean of ratios, or ratio of totals.
     """
     average = Average(average)
-    preps = [with_tables(prepare(tok.to_grid(), options)) for tok in token_sets]
+    preps = [with_cache(prepare(tok.to_grid(), options)) for tok in token_sets]
     n_in = [p.n_tokens for p in preps]
 
     def ratio(lam: float) -> float:

@@ -16,12 +16,13 @@ and :mod:`tokenred_sttm.temporal`):
 from __future__ import annotations
 
 import dataclasses
-import enum
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from tokenred_sttm.modes import Rules, STTMMode, rules_of
 from tokenred_sttm.quadtree import (
     Lattice,
     Partition,
@@ -33,23 +34,26 @@ from tokenred_sttm.quadtree import (
     stop_scores,
 )
 from tokenred_sttm.temporal import (
-    PairTables,
     aggregate,
-    build_pair_tables,
     candidate_pairs,
-    pair_similarity,
+    n_pair_keys,
+    pair_cosines,
+    pair_keys,
     propagate,
-    table_pairs,
 )
 
-
-class STTMMode(str, enum.Enum):
-    """Which behaviour STTM follows."""
-
-    REFERENCE = "reference"
-    """The authors' code, quirks included (reproduces published numbers)."""
-    FIXED = "fixed"
-    """Masked border slots, full connected components, area-weighted means."""
+__all__ = [
+    "Evaluation",
+    "MergeOptions",
+    "Prepared",
+    "STTMMode",
+    "STTMResult",
+    "evaluate",
+    "finalize",
+    "prepare",
+    "sttm_merge",
+    "with_cache",
+]
 
 
 @dataclass(frozen=True)
@@ -72,10 +76,15 @@ class MergeOptions:
     head_dim: int | None = None
     weighted: bool = False
 
+    @property
+    def rules(self) -> Rules:
+        """The mode's behaviour rules."""
+        return rules_of(self.reference)
+
 
 @dataclass(frozen=True)
 class Prepared:
-    """One video ready to be cut at any thresholds.
+    """One video ready to be cut at any thresholds up to ``reach``.
 
     Attributes:
         grid: ``[T, H, W, C]`` input features.
@@ -83,8 +92,9 @@ class Prepared:
         levels: Level features, root first (the finest is ``grid``).
         pscores: ``[L-1, T, H, W]`` stop score of each patch's ancestor per level.
         options: The switches.
-        tables: Every potential temporal pair's cosine (see :func:`with_tables`),
-            or None to compute the cosines of each cut directly.
+        reach: Largest ``tau_s`` the scores serve (None: any).
+        cache: ``[K]`` float32 pair cosines by :func:`pair_keys` key, NaN where not
+            yet computed, or None to compute each cut's cosines afresh.
     """
 
     grid: Tensor
@@ -92,12 +102,13 @@ class Prepared:
     levels: list[Tensor]
     pscores: Tensor
     options: MergeOptions
-    tables: PairTables | None = None
+    reach: float | None = None
+    cache: Tensor | None = None
 
     @property
     def level_dtype(self) -> torch.dtype:
         """Dtype of pooled levels and accumulators (model dtype in reference mode)."""
-        return self.grid.dtype if self.options.reference else torch.float32
+        return self.options.rules.level_dtype(self.grid.dtype)
 
     @property
     def n_tokens(self) -> int:
@@ -117,6 +128,8 @@ class Evaluation:
         rep: ``[Nn]`` representative node of each node.
         rounds: Label-propagation rounds (0 without a temporal stage).
         n_out: Number of groups (output tokens).
+        pairs: ``(dst, src, sims)`` of the candidate pairs, or None when the
+            temporal stage did not run.
     """
 
     tau_s: float
@@ -125,6 +138,7 @@ class Evaluation:
     rep: Tensor
     rounds: int
     n_out: int
+    pairs: tuple[Tensor, Tensor, Tensor] | None = None
 
 
 @dataclass(frozen=True)
@@ -148,35 +162,54 @@ class STTMResult:
     rounds: int
 
 
-def prepare(grid: Tensor, options: MergeOptions) -> Prepared:
-    """Build the pyramid and the stop scores of a ``[T, H, W, C]`` video."""
+def prepare(grid: Tensor, options: MergeOptions, reach: float | None = None) -> Prepared:
+    """Build the pyramid and the stop scores of a ``[T, H, W, C]`` video.
+
+    Args:
+        grid: ``[T, H, W, C]`` features.
+        options: The switches.
+        reach: Largest ``tau_s`` that will be cut: only the parents the quadtree
+            walk reaches at that threshold are scored (what the reference's walk
+            touches). None scores every parent, for the budget search.
+    """
     t, h, w, _ = grid.shape
+    rules = options.rules
     lattice = build_lattice(
         h,
         w,
         options.root_level,
         spatial=options.spatial,
-        reference=options.reference,
+        reference=rules.width_one_is_flat,
         device=grid.device,
     )
-    dtype = grid.dtype if options.reference else torch.float32
+    dtype = rules.level_dtype(grid.dtype)
     levels = build_pyramid(grid, lattice, sums=options.weighted, dtype=dtype)
-    scores = stop_scores(levels, options.head_dim, reference=options.reference)
+    scores = stop_scores(
+        levels,
+        lattice,
+        options.head_dim,
+        read_missing=rules.read_missing_slots,
+        reach=reach,
+    )
     pscores = patch_scores(scores, lattice, t)
-    return Prepared(grid, lattice, levels, pscores, options)
+    return Prepared(grid, lattice, levels, pscores, options, reach)
 
 
-def with_tables(prep: Prepared) -> Prepared:
-    """Precompute the temporal pair tables, for callers that evaluate many cuts.
+def with_cache(prep: Prepared) -> Prepared:
+    """Attach an empty pair-cosine cache, for callers that evaluate many cuts.
 
-    Costs about ``2L - 1`` passes over the video (L levels) once, after which each
-    :func:`evaluate` does no feature arithmetic in the temporal stage; a no-op when
-    the temporal stage cannot run.
+    The cache holds one float32 per possible nested pair (about ``2L - 1`` times
+    the patch count); each cut then computes only the pairs no earlier cut met.
     """
-    if prep.tables is not None or not prep.options.temporal or prep.grid.shape[0] < 2:
+    if prep.cache is not None or not may_pair(prep):
         return prep
-    tables = build_pair_tables(prep.levels, prep.lattice, prep.options.head_dim)
-    return dataclasses.replace(prep, tables=tables)
+    size = n_pair_keys(prep.lattice, prep.grid.shape[0])
+    cache = torch.full((size,), math.nan, device=prep.grid.device)
+    return dataclasses.replace(prep, cache=cache)
+
+
+def may_pair(prep: Prepared) -> bool:
+    return prep.options.temporal and prep.grid.shape[0] >= 2
 
 
 def temporal_active(prep: Prepared, tau_t: float) -> bool:
@@ -185,32 +218,74 @@ def temporal_active(prep: Prepared, tau_t: float) -> bool:
     It is skipped when no cosine can reach ``tau_t`` (above 1 plus rounding), which
     changes no result and saves the pair cosines.
     """
-    opts = prep.options
-    if not opts.temporal or prep.grid.shape[0] < 2 or tau_t > 1.0 + 1e-3:
+    if not may_pair(prep) or tau_t > 1.0 + 1e-3:
         return False
-    return not (opts.reference and tau_t <= 0)
+    return not prep.options.rules.temporal_off(tau_t)
+
+
+def cut(prep: Prepared, tau_s: float) -> Partition:
+    """Cut the quadtree at ``tau_s`` (within the preparation's reach)."""
+    if prep.reach is not None and tau_s > prep.reach:
+        msg = f"tau_s={tau_s} exceeds the preparation's reach {prep.reach}"
+        raise ValueError(msg)
+    return partition(prep.pscores, prep.lattice, tau_s)
+
+
+def pair_similarities(
+    prep: Prepared, part: Partition
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Return ``(dst, src, sims)`` of the partition's nested pairs.
+
+    Cosines come from the cache where an earlier cut computed them.
+    """
+    dst, src = candidate_pairs(part)
+    opts = prep.options
+    if prep.cache is None:
+        sims = pair_cosines(
+            prep.levels, prep.lattice, part, dst, src, opts.head_dim, prep.level_dtype
+        )
+        return dst, src, sims
+    keys = pair_keys(part, prep.lattice)
+    sims = prep.cache[keys]
+    miss = torch.nonzero(torch.isnan(sims)).squeeze(1)
+    if miss.numel():
+        fresh = pair_cosines(
+            prep.levels,
+            prep.lattice,
+            part,
+            dst[miss],
+            src[miss],
+            opts.head_dim,
+            prep.level_dtype,
+        )
+        sims[miss] = fresh
+        prep.cache[keys[miss]] = fresh
+    return dst, src, sims
+
+
+def group(
+    prep: Prepared, n: int, pairs: tuple[Tensor, Tensor, Tensor], tau_t: float
+) -> tuple[Tensor, int, int]:
+    """Merge nodes whose pair cosine reaches ``tau_t``: ``(rep, rounds, n_out)``."""
+    dst, src, sims = pairs
+    edge = sims >= tau_t
+    rep, rounds = propagate(
+        dst[edge], src[edge], n, exhaustive=not prep.options.rules.early_stop
+    )
+    n_out = int((rep == torch.arange(n, device=rep.device)).sum())
+    return rep, rounds, n_out
 
 
 def evaluate(prep: Prepared, tau_s: float, tau_t: float) -> Evaluation:
     """Cut the quadtree at ``tau_s`` and merge across frames at ``tau_t``."""
-    part = partition(prep.pscores, prep.lattice, tau_s)
+    part = cut(prep, tau_s)
     n = part.n_nodes
-    rep = torch.arange(n, device=prep.grid.device)
     if not temporal_active(prep, tau_t):
+        rep = torch.arange(n, device=prep.grid.device)
         return Evaluation(tau_s, tau_t, part, rep, 0, n)
-    if prep.tables is not None:
-        dst, src, sims = table_pairs(prep.tables, part, prep.lattice)
-    else:
-        feats = node_features(prep.levels, prep.lattice, part, prep.level_dtype)
-        dst, src = candidate_pairs(part)
-        sims = pair_similarity(feats, dst, src, prep.options.head_dim, owned=True)
-        del feats
-    edge = sims >= tau_t
-    rep, rounds = propagate(
-        dst[edge], src[edge], n, exhaustive=not prep.options.reference
-    )
-    n_out = int((rep == torch.arange(n, device=rep.device)).sum())
-    return Evaluation(tau_s, tau_t, part, rep, rounds, n_out)
+    pairs = pair_similarities(prep, part)
+    rep, rounds, n_out = group(prep, n, pairs, tau_t)
+    return Evaluation(tau_s, tau_t, part, rep, rounds, n_out, pairs)
 
 
 def finalize(prep: Prepared, ev: Evaluation) -> STTMResult:
@@ -225,6 +300,7 @@ def finalize(prep: Prepared, ev: Evaluation) -> STTMResult:
         ev.rep,
         acc_dtype=prep.level_dtype,
         out_dtype=prep.grid.dtype,
+        stepwise=prep.options.rules.model_dtype,
     )
     out_index = torch.full_like(ev.rep, -1)
     out_index[keep] = torch.arange(keep.shape[0], device=keep.device)
@@ -245,6 +321,8 @@ def sttm_merge(
 ) -> STTMResult:
     """Run STTM once on a ``[T, H, W, C]`` video at fixed thresholds.
 
+    Only the parents the quadtree walk reaches at ``tau_s`` are scored.
+
     Args:
         grid: ``[T, H, W, C]`` features (projector outputs or hidden states).
         tau_s: Spatial threshold: a node is kept when its cosine to every child
@@ -253,5 +331,5 @@ def sttm_merge(
             cosine reaches it.
         options: Switches; defaults to the paper's setup in reference mode.
     """
-    prep = prepare(grid, options or MergeOptions())
+    prep = prepare(grid, options or MergeOptions(), reach=tau_s)
     return finalize(prep, evaluate(prep, tau_s, tau_t))

@@ -43,12 +43,13 @@ from tokenred_sttm.budget import (
 )
 from tokenred_sttm.merge import (
     Evaluation,
+    MergeOptions,
     Prepared,
-    STTMMode,
     evaluate,
     finalize,
     prepare,
 )
+from tokenred_sttm.modes import STTMMode
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -226,8 +227,9 @@ class STTMReducer(TokenReducer):
         ``info`` reports the thresholds used (``tau_s``, ``tau_t``, ``lambda`` when
         searched), ``n_spatial`` (nodes after the spatial stage), ``n_out``,
         ``prop_rounds``, ``search_evals``, ``budget_capped`` (thresholds exceeded
-        the budget) and ``fallback`` (1 = adjacent merging after the tree, 2 = the
-        input was not an original grid).
+        the budget), ``fill_detached`` / ``fill_split`` (group members split off
+        and quadtree nodes refined by the search's fill) and ``fallback`` (1 =
+        adjacent merging after the tree, 2 = the input was not an original grid).
         """
         cfg: Any = self.config
         budget = max(int(ctx.budget), 1)
@@ -235,10 +237,14 @@ class STTMReducer(TokenReducer):
             red = merge_adjacent(tokens, budget)
             return Reduction(red.tokens, red.assignment, info={"fallback": 2.0})
         options = resolve_options(cfg, ctx.head_dim, tokens.channels)
-        info: dict[str, float] = {"budget_capped": 0.0, "search_evals": 0.0}
+        info: dict[str, float] = {
+            "budget_capped": 0.0,
+            "search_evals": 0.0,
+            "fill_detached": 0.0,
+            "fill_split": 0.0,
+        }
         with torch.no_grad():
-            prep = prepare(tokens.to_grid(), options)
-            ev = _cut_for_budget(prep, budget, cfg, info)
+            ev, prep = _cut_for_budget(tokens.to_grid(), options, budget, cfg, info)
             result = finalize(prep, ev)
         info.update(
             tau_s=ev.tau_s,
@@ -259,19 +265,28 @@ class STTMReducer(TokenReducer):
 
 
 def _cut_for_budget(
-    prep: Prepared, budget: int, cfg: STTMConfig, info: dict[str, float]
-) -> Evaluation:
+    grid: torch.Tensor,
+    options: MergeOptions,
+    budget: int,
+    cfg: STTMConfig,
+    info: dict[str, float],
+) -> tuple[Evaluation, Prepared]:
     """Evaluate the given thresholds, or search the schedule when asked or needed.
 
-    Records what was done in ``info``.
+    Threshold mode scores only the parents its ``tau_s`` reaches; the search scores
+    them all. Records what was done in ``info``.
     """
     if cfg.budget_mode is BudgetMode.THRESHOLD:
+        prep = prepare(grid, options, reach=cfg.tau_s)
         ev = evaluate(prep, cfg.tau_s, cfg.tau_t)
         info["search_evals"] = 1.0
         if ev.n_out <= budget:
-            return ev
+            return ev, prep
         info["budget_capped"] = 1.0
+    prep = prepare(grid, options)
     found = search(prep, budget, gap=cfg.search_gap, iters=cfg.search_iters)
     info["lambda"] = found.lam
     info["search_evals"] += found.evals
-    return found.evaluation
+    info["fill_detached"] = float(found.detached)
+    info["fill_split"] = float(found.split)
+    return found.evaluation, prep

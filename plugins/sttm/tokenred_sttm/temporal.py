@@ -24,12 +24,17 @@ Deviations from reference:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
-from tokenred_sttm.quadtree import Lattice, Partition, head_dot, unit
+from tokenred_sttm.quadtree import (
+    Lattice,
+    Partition,
+    chunk_rows,
+    head_dot,
+    node_features,
+    unit,
+)
 
 
 def _canonical(part: Partition) -> Tensor:
@@ -53,99 +58,80 @@ def candidate_pairs(part: Partition) -> tuple[Tensor, Tensor]:
     return part.node[:-1][canonical], part.node[1:][canonical]
 
 
-@dataclass(frozen=True)
-class PairTables:
-    """The cosine of every potential nested pair, for the budget search.
+def pair_keys(part: Partition, lattice: Lattice) -> Tensor:
+    """Return ``[P]`` a key per candidate pair that is the same in every partition.
 
-    For frames ``t`` and ``t+1`` and levels ``(la, lb)``, table ``(la, lb)`` holds,
-    at the resolution of the finer level ``f = max(la, lb)``, the cosine between the
-    level-``la`` node of frame ``t`` and the level-``lb`` node of frame ``t+1`` that
-    contain each level-``f`` node. Built once, it turns every later cut of the tree
-    into index arithmetic; the values are bit-identical to
-    :func:`pair_similarity` on the same nodes.
-
-    Attributes:
-        flat: ``[S]`` float32, all tables concatenated, each ``[T-1, h_f, w_f]``.
-        offset: ``[L, L]`` start of table ``(la, lb)`` in ``flat``.
+    A nested pair is fixed by the frame, the levels ``(la, lb)`` of its two nodes
+    and the finer node's position, so the key indexes a virtual table of every pair
+    the tree could ever form (``(2L - 1)``-ish times the patch count). The budget
+    search caches cosines under these keys, so a pair met in several cuts is
+    computed once. Same order as :func:`candidate_pairs`.
     """
-
-    flat: Tensor
-    offset: Tensor
-
-
-def _at_level(u: Tensor, lattice: Lattice, fine: int, coarse: int) -> Tensor:
-    """Spread ``[T', h_c, w_c, C]`` level-``coarse`` values over level ``fine``.
-
-    Returns a new tensor when the levels differ, else ``u`` itself.
-    """
-    if fine == coarse:
-        return u
-    ys, xs = lattice.ancestors(fine, coarse)
-    return u[:, ys[:, None], xs[None, :]]
-
-
-def build_pair_tables(
-    levels: list[Tensor], lattice: Lattice, head_dim: int | None
-) -> PairTables:
-    """Compute every level pair's cross-frame cosines (one pass per level pair)."""
-    units = [unit(v, head_dim, temporal=True) for v in levels]  # [T, h, w, C] f32
-    n_lv = len(levels)
-    parts = []
-    for la in range(n_lv):
-        for lb in range(n_lv):
-            fine = max(la, lb)
-            ua = _at_level(units[la][:-1], lattice, fine, la)
-            ub = _at_level(units[lb][1:], lattice, fine, lb)
-            # Multiply in place into whichever operand is a fresh gather.
-            if la != fine:
-                prod = ua.mul_(ub)
-            elif lb != fine:
-                prod = ub.mul_(ua)
-            else:
-                prod = ua * ub
-            parts.append(head_dot(prod, head_dim).reshape(-1))
-            del prod, ua, ub
-    counts = torch.tensor([p.numel() for p in parts], device=levels[0].device)
-    offset = (torch.cumsum(counts, 0) - counts).reshape(n_lv, n_lv)
-    return PairTables(torch.cat(parts), offset)
-
-
-def table_pairs(
-    tables: PairTables, part: Partition, lattice: Lattice
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Return ``(dst, src, sims)`` of the nested pairs, looked up in the tables.
-
-    Same pairs, in the same order, as :func:`candidate_pairs`.
-    """
+    t_len = part.node.shape[0]
+    n_lv = lattice.n_levels
+    sizes = torch.tensor(lattice.sizes, device=part.node.device)  # [L, 2]
+    fine_of = torch.maximum(
+        torch.arange(n_lv, device=sizes.device)[:, None],
+        torch.arange(n_lv, device=sizes.device)[None, :],
+    )  # [L, L]
+    counts = (t_len - 1) * sizes[fine_of, 0] * sizes[fine_of, 1]
+    offset = (torch.cumsum(counts.reshape(-1), 0) - counts.reshape(-1)).reshape(
+        n_lv, n_lv
+    )
     t, y, x = torch.nonzero(_canonical(part), as_tuple=True)
     la, lb = part.level[t, y, x], part.level[t + 1, y, x]
     fine = torch.maximum(la, lb)
-    sizes = torch.tensor(lattice.sizes, device=t.device)  # [L, 2]
     h, w = sizes[fine, 0], sizes[fine, 1]
     iy, ix = lattice.anc_y[fine, y], lattice.anc_x[fine, x]
-    index = tables.offset[la, lb] + (t * h + iy) * w + ix
-    return part.node[t, y, x], part.node[t + 1, y, x], tables.flat[index]
+    return offset[la, lb] + (t * h + iy) * w + ix
 
 
-def pair_similarity(
-    feats: Tensor, dst: Tensor, src: Tensor, head_dim: int | None, *, owned: bool
+def n_pair_keys(lattice: Lattice, t_len: int) -> int:
+    """Number of distinct keys :func:`pair_keys` can return."""
+    n_lv = lattice.n_levels
+    total = 0
+    for la in range(n_lv):
+        for lb in range(n_lv):
+            h, w = lattice.sizes[max(la, lb)]
+            total += (t_len - 1) * h * w
+    return total
+
+
+def pair_cosines(
+    levels: list[Tensor],
+    lattice: Lattice,
+    part: Partition,
+    dst: Tensor,
+    src: Tensor,
+    head_dim: int | None,
+    dtype: torch.dtype,
 ) -> Tensor:
     """Return ``[P]`` float32 cosines of node pairs, normalised as the reference does.
 
-    Each vector is divided by ``norm + 1e-8``.
+    Each vector is divided by ``norm + 1e-8``. Pairs are taken in cache-sized
+    chunks and only their own nodes are gathered, so no ``[Nn, C]`` copy of the
+    node features is made.
 
     Args:
-        feats: ``[Nn, C]`` node features.
+        levels: Level features, root first.
+        lattice: The levels' geometry.
+        part: The partition the node ids refer to.
         dst: ``[P]`` first node of each pair.
         src: ``[P]`` second node of each pair.
         head_dim: Per-head similarity width, or None.
-        owned: ``feats`` is a temporary that may be normalised in place.
+        dtype: Dtype of the node features (the levels' working dtype).
     """
-    u = unit(feats, head_dim, temporal=True, owned=owned)  # [Nn, C] float32
-    prod = u.index_select(0, dst)
-    prod.mul_(u.index_select(0, src))
-    sims: Tensor = head_dot(prod, head_dim)
-    return sims
+    out = torch.empty(dst.shape[0], device=dst.device)
+    step = chunk_rows(levels[-1].shape[-1], 2)
+    for lo in range(0, dst.shape[0], step):
+        a, b = dst[lo : lo + step], src[lo : lo + step]
+        need, inverse = torch.unique(torch.cat([a, b]), return_inverse=True)
+        feats = node_features(levels, lattice, part, dtype, need)  # [n, C]
+        u = unit(feats, head_dim, temporal=True, owned=True)
+        prod = u.index_select(0, inverse[: a.shape[0]])
+        prod.mul_(u.index_select(0, inverse[a.shape[0] :]))
+        out[lo : lo + a.shape[0]] = head_dot(prod, head_dim)
+    return out
 
 
 def propagate(
@@ -191,6 +177,7 @@ def aggregate(
     *,
     acc_dtype: torch.dtype,
     out_dtype: torch.dtype,
+    stepwise: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Average every group into its representative, in node order.
 
@@ -202,6 +189,10 @@ def aggregate(
         rep: ``[Nn]`` representative of each node.
         acc_dtype: Accumulator dtype (the reference uses the model dtype).
         out_dtype: Output dtype.
+        stepwise: Round the running sums to ``acc_dtype`` after every addition,
+            as the reference does. ``index_add_`` on CPU does this with an int32
+            index but, with an int64 index, accumulates in float32 and rounds once
+            (more accurate, but 1-2 bfloat16 steps away from the reference).
 
     Returns:
         ``[N', C]`` merged features and ``[N']`` ids of the representatives, both in
@@ -219,7 +210,8 @@ def aggregate(
     # (zeros + members in id order) without a zero-filled accumulator.
     acc = feats.to(acc_dtype)
     others = torch.nonzero(rep != idx).squeeze(1)
-    acc.index_add_(0, rep[others], acc.index_select(0, others))
+    index = rep[others].to(torch.int32) if stepwise else rep[others]
+    acc.index_add_(0, index, acc.index_select(0, others))
     denom = weights.clone().index_add_(0, rep[others], weights[others])
     out = acc.index_select(0, keep)
     del acc
