@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
+from torch import Tensor
 
 from tokenred.errors import ConfigError
 from tokenred.tokens import Reduction
@@ -42,10 +43,10 @@ from tokenred_sttm.merge import (
     Evaluation,
     MergeOptions,
     Prepared,
-    may_pair,
     cut,
     evaluate,
     group,
+    may_pair,
     pair_similarities,
     prepare,
     with_cache,
@@ -218,7 +219,8 @@ def _breakpoints(low: Tensor, high: Tensor, start: float, stop: float) -> Tensor
     vals = torch.nextafter(vals, torch.full_like(vals, math.inf))
     vals = vals[(vals > start) & (vals <= stop)]
     first = torch.tensor([start], dtype=vals.dtype, device=vals.device)
-    return torch.unique(torch.cat([first, vals]))
+    out: Tensor = torch.unique(torch.cat([first, vals]))
+    return out
 
 
 def _recut(

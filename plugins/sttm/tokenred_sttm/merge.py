@@ -108,7 +108,8 @@ class Prepared:
     @property
     def level_dtype(self) -> torch.dtype:
         """Dtype of pooled levels and accumulators (model dtype in reference mode)."""
-        return self.options.rules.level_dtype(self.grid.dtype)
+        dtype: torch.dtype = self.options.rules.level_dtype(self.grid.dtype)
+        return dtype
 
     @property
     def n_tokens(self) -> int:
@@ -162,7 +163,9 @@ class STTMResult:
     rounds: int
 
 
-def prepare(grid: Tensor, options: MergeOptions, reach: float | None = None) -> Prepared:
+def prepare(
+    grid: Tensor, options: MergeOptions, reach: float | None = None
+) -> Prepared:
     """Build the pyramid and the stop scores of a ``[T, H, W, C]`` video.
 
     Args:
@@ -231,9 +234,7 @@ def cut(prep: Prepared, tau_s: float) -> Partition:
     return partition(prep.pscores, prep.lattice, tau_s)
 
 
-def pair_similarities(
-    prep: Prepared, part: Partition
-) -> tuple[Tensor, Tensor, Tensor]:
+def pair_similarities(prep: Prepared, part: Partition) -> tuple[Tensor, Tensor, Tensor]:
     """Return ``(dst, src, sims)`` of the partition's nested pairs.
 
     Cosines come from the cache where an earlier cut computed them.

@@ -290,8 +290,8 @@ def score_parents(
             reference); otherwise they are left out, and a parent with a single
             child scores ``-inf`` so that the child (the same region) decides.
     """
-    t, h, w, c = parent.shape
-    slots, valid = _child_slots(idx, (h, w), child.shape[1:3])
+    _, h, w, c = parent.shape
+    slots, valid = _child_slots(idx, (h, w), (child.shape[1], child.shape[2]))
     pflat, cflat = parent.reshape(-1, c), child.reshape(-1, c)
     out = torch.empty(idx.shape[0], device=parent.device)
     step = chunk_rows(c, 5)
@@ -485,7 +485,7 @@ def node_features(
 
 
 def node_intervals(pscores: Tensor, lattice: Lattice) -> tuple[Tensor, Tensor]:
-    """Return ``(low, high)``: every tree node is kept exactly for ``low < tau_s <= high``.
+    """Return ``(low, high)``: each tree node is kept for ``low < tau_s <= high``.
 
     One entry per node of every level (at its top-left patch): ``low`` is the
     highest score among its ancestors (a node is reached while none of them stops)

@@ -83,7 +83,8 @@ def pair_keys(part: Partition, lattice: Lattice) -> Tensor:
     fine = torch.maximum(la, lb)
     h, w = sizes[fine, 0], sizes[fine, 1]
     iy, ix = lattice.anc_y[fine, y], lattice.anc_x[fine, x]
-    return offset[la, lb] + (t * h + iy) * w + ix
+    keys: Tensor = offset[la, lb] + (t * h + iy) * w + ix
+    return keys
 
 
 def n_pair_keys(lattice: Lattice, t_len: int) -> int:
