@@ -173,7 +173,8 @@ def test_pair_cache_matches_the_direct_cosines(
         a, b = evaluate(prep, tau_s, tau_t), evaluate(fast, tau_s, tau_t)
         assert torch.equal(a.rep, b.rep) and a.n_out == b.n_out
     assert fast.cache is not None
-    assert int((~torch.isnan(fast.cache)).sum()) == len(seen)
+    filled = set(torch.nonzero(~torch.isnan(fast.cache)).squeeze(1).tolist())
+    assert seen <= filled, "a cut's cosine was not cached"
 
 
 @pytest.mark.parametrize("reference", [True, False])

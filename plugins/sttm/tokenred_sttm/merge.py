@@ -36,6 +36,7 @@ from tokenred_sttm.quadtree import (
 from tokenred_sttm.temporal import (
     aggregate,
     candidate_pairs,
+    finest_pair_cosines,
     n_pair_keys,
     pair_cosines,
     pair_keys,
@@ -202,12 +203,16 @@ def with_cache(prep: Prepared) -> Prepared:
     """Attach an empty pair-cosine cache, for callers that evaluate many cuts.
 
     The cache holds one float32 per possible nested pair (about ``2L - 1`` times
-    the patch count); each cut then computes only the pairs no earlier cut met.
+    the patch count). The pairs of two finest patches are filled at once by one
+    streaming pass over the frames; each cut then computes only the other pairs
+    that no earlier cut met.
     """
     if prep.cache is not None or not may_pair(prep):
         return prep
     size = n_pair_keys(prep.lattice, prep.grid.shape[0])
     cache = torch.full((size,), math.nan, device=prep.grid.device)
+    finest = finest_pair_cosines(prep.grid, prep.options.head_dim)
+    cache[size - finest.shape[0] :] = finest  # the last key block: (L-1, L-1)
     return dataclasses.replace(prep, cache=cache)
 
 

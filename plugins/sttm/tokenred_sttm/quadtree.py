@@ -166,15 +166,18 @@ def _pool(x: Tensor, *, sums: bool, dtype: torch.dtype) -> Tensor:
     h, w = x.shape[1], x.shape[2]
     # [T, h, w, C] -> [T, C, h, w] (a channels-last view, no copy)
     xc = x.permute(0, 3, 1, 2).float()
-    # Zero rows/columns in front of an odd axis turn its 1-wide border into a
-    # 2-wide window; adding zeros first keeps the sums bit-identical.
-    if h % 2 or w % 2:
+    if h % 2 == 0 and w % 2 == 0:
+        # No border: one pass, and avg_pool2d's mean is the same sum / 4 rounded once.
+        out = F.avg_pool2d(xc, 2, 2, divisor_override=1 if sums else None)
+    else:
+        # Zero rows/columns in front of an odd axis turn its 1-wide border into a
+        # 2-wide window; adding zeros first keeps the sums bit-identical.
         xc = F.pad(xc, (w % 2, 0, h % 2, 0))
-    out = F.avg_pool2d(xc, kernel_size=2, stride=2, divisor_override=1)
-    if not sums:
-        rows = torch.bincount(parent_index(h, x.device)).to(torch.float32)
-        cols = torch.bincount(parent_index(w, x.device)).to(torch.float32)
-        out = out / (rows[:, None] * cols[None, :])
+        out = F.avg_pool2d(xc, kernel_size=2, stride=2, divisor_override=1)
+        if not sums:
+            rows = torch.bincount(parent_index(h, x.device)).to(torch.float32)
+            cols = torch.bincount(parent_index(w, x.device)).to(torch.float32)
+            out = out.div_(rows[:, None] * cols[None, :])
     # [T, C, h', w'] -> [T, h', w', C]
     return out.permute(0, 2, 3, 1).to(dtype).contiguous()
 
@@ -410,9 +413,12 @@ def stop_levels(pscores: Tensor, n_levels: int, tau_s: float) -> Tensor:
     """
     if n_levels == 1:
         return torch.zeros(pscores.shape[1:], dtype=torch.long, device=pscores.device)
-    ok = pscores >= tau_s  # [L-1, T, H, W]
-    first = ok.to(torch.uint8).argmax(dim=0)  # first stopping level
-    return torch.where(ok.any(dim=0), first, n_levels - 1)
+    lvl = torch.zeros(pscores.shape[1:], dtype=torch.long, device=pscores.device)
+    going = torch.ones(pscores.shape[1:], dtype=torch.bool, device=pscores.device)
+    for score in pscores:  # [T, H, W] per level, root first
+        going &= score < tau_s
+        lvl += going
+    return lvl
 
 
 def partition(pscores: Tensor, lattice: Lattice, tau_s: float) -> Partition:

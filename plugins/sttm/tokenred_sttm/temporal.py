@@ -67,17 +67,8 @@ def pair_keys(part: Partition, lattice: Lattice) -> Tensor:
     search caches cosines under these keys, so a pair met in several cuts is
     computed once. Same order as :func:`candidate_pairs`.
     """
-    t_len = part.node.shape[0]
-    n_lv = lattice.n_levels
     sizes = torch.tensor(lattice.sizes, device=part.node.device)  # [L, 2]
-    fine_of = torch.maximum(
-        torch.arange(n_lv, device=sizes.device)[:, None],
-        torch.arange(n_lv, device=sizes.device)[None, :],
-    )  # [L, L]
-    counts = (t_len - 1) * sizes[fine_of, 0] * sizes[fine_of, 1]
-    offset = (torch.cumsum(counts.reshape(-1), 0) - counts.reshape(-1)).reshape(
-        n_lv, n_lv
-    )
+    offset = key_offsets(lattice, part.node.shape[0]).to(part.node.device)
     t, y, x = torch.nonzero(_canonical(part), as_tuple=True)
     la, lb = part.level[t, y, x], part.level[t + 1, y, x]
     fine = torch.maximum(la, lb)
@@ -87,15 +78,48 @@ def pair_keys(part: Partition, lattice: Lattice) -> Tensor:
     return keys
 
 
+def key_offsets(lattice: Lattice, t_len: int) -> Tensor:
+    """Return ``[L, L]`` the first key of each level pair ``(la, lb)``.
+
+    The keys of pair ``(la, lb)`` are ``[T-1, h_f, w_f]`` raster indices at the
+    finer level ``f = max(la, lb)``, after the blocks of the earlier level pairs.
+    """
+    n_lv = lattice.n_levels
+    counts = [
+        (t_len - 1) * lattice.sizes[max(la, lb)][0] * lattice.sizes[max(la, lb)][1]
+        for la in range(n_lv)
+        for lb in range(n_lv)
+    ]
+    starts = [sum(counts[:i]) for i in range(len(counts))]
+    return torch.tensor(starts, dtype=torch.long).reshape(n_lv, n_lv)
+
+
 def n_pair_keys(lattice: Lattice, t_len: int) -> int:
     """Number of distinct keys :func:`pair_keys` can return."""
-    n_lv = lattice.n_levels
-    total = 0
-    for la in range(n_lv):
-        for lb in range(n_lv):
-            h, w = lattice.sizes[max(la, lb)]
-            total += (t_len - 1) * h * w
-    return total
+    h, w = lattice.sizes[-1]
+    return int(key_offsets(lattice, t_len)[-1, -1]) + (t_len - 1) * h * w
+
+
+def finest_pair_cosines(grid: Tensor, head_dim: int | None) -> Tensor:
+    """Return ``[(T-1)*H*W]`` the cosines of each patch with itself one frame later.
+
+    These are the pairs of two finest-level nodes, the bulk of a fine cut's pairs.
+    Streams the frames in cache-sized chunks (no gather, no whole-grid copy) and
+    does the same arithmetic as :func:`pair_cosines`, so the values are identical.
+    """
+    t, h, w, c = grid.shape
+    out = torch.empty(t - 1, h, w, device=grid.device)
+    step = max(1, chunk_rows(c, 1) // (h * w))
+    prev: Tensor | None = None
+    for lo in range(0, t, step):
+        # [t', H, W, C] float32 unit vectors (a fresh chunk, normalised in place)
+        u = unit(grid[lo : lo + step].clone(), head_dim, temporal=True, owned=True)
+        if prev is not None:
+            out[lo - 1] = head_dot(prev * u[0], head_dim)
+        if u.shape[0] > 1:
+            out[lo : lo + u.shape[0] - 1] = head_dot(u[:-1] * u[1:], head_dim)
+        prev = u[-1]
+    return out.reshape(-1)
 
 
 def pair_cosines(
