@@ -299,9 +299,11 @@ def finalize(prep: Prepared, ev: Evaluation) -> STTMResult:
     part = ev.part
     node_area = part.area.reshape(-1)[part.tl_index]
     weights = node_area if prep.options.weighted else torch.ones_like(node_area)
-    node_feats = node_features(prep.levels, prep.lattice, part, prep.level_dtype)
+    def gather(ids: Tensor) -> Tensor:
+        return node_features(prep.levels, prep.lattice, part, prep.level_dtype, ids)
+
     feats, keep = aggregate(
-        node_feats,
+        gather,
         weights,
         ev.rep,
         acc_dtype=prep.level_dtype,

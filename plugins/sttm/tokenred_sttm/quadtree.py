@@ -485,8 +485,12 @@ def node_features(
         ay = lattice.anc_y[i][y0[sel]]
         ax = lattice.anc_x[i][x0[sel]]
         # [T, h, w, C] -> [T*h*w, C]
-        rows = feats.reshape(-1, c).index_select(0, (t[sel] * h + ay) * w + ax)
-        out.index_copy_(0, sel, rows.to(dtype))
+        src = (t[sel] * h + ay) * w + ax
+        flat = feats.reshape(-1, c)
+        step = chunk_rows(c)  # cache-sized pieces: the temporary stays in cache
+        for lo in range(0, sel.shape[0], step):
+            rows = flat.index_select(0, src[lo : lo + step])
+            out.index_copy_(0, sel[lo : lo + step], rows.to(dtype))
     return out
 
 

@@ -24,6 +24,8 @@ Deviations from reference:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -112,8 +114,7 @@ def finest_pair_cosines(grid: Tensor, head_dim: int | None) -> Tensor:
     step = max(1, chunk_rows(c, 1) // (h * w))
     prev: Tensor | None = None
     for lo in range(0, t, step):
-        # [t', H, W, C] float32 unit vectors (a fresh chunk, normalised in place)
-        u = unit(grid[lo : lo + step].clone(), head_dim, temporal=True, owned=True)
+        u = unit(grid[lo : lo + step], head_dim, temporal=True)  # [t', H, W, C] f32
         if prev is not None:
             out[lo - 1] = head_dot(prev * u[0], head_dim)
         if u.shape[0] > 1:
@@ -196,7 +197,7 @@ def propagate(
 
 
 def aggregate(
-    feats: Tensor,
+    gather: Callable[[Tensor], Tensor],
     weights: Tensor,
     rep: Tensor,
     *,
@@ -206,9 +207,12 @@ def aggregate(
 ) -> tuple[Tensor, Tensor]:
     """Average every group into its representative, in node order.
 
+    Only the representatives' rows (into the output) and the other members' rows
+    (to be added) are gathered, once each.
+
     Args:
-        feats: ``[Nn, C]`` node values (means, or sums for area weighting); a
-            temporary that is overwritten when it already has ``acc_dtype``.
+        gather: Returns ``[n, C]`` node values (means, or sums for area
+            weighting) of the given node ids, in ``acc_dtype``, as a new tensor.
         weights: ``[Nn]`` divisor contribution of each node: 1 for plain means over
             the members, the node's patch count for area-weighted means.
         rep: ``[Nn]`` representative of each node.
@@ -223,22 +227,24 @@ def aggregate(
         ``[N', C]`` merged features and ``[N']`` ids of the representatives, both in
         increasing id order (the output order).
     """
-    n = feats.shape[0]
+    n = rep.shape[0]
     idx = torch.arange(n, device=rep.device)
-    keep = torch.nonzero(rep == idx).squeeze(1)
-    if keep.shape[0] == n:  # nothing merged: each node is its own group
-        if not bool((weights != 1).any()):
-            return feats.to(out_dtype), keep
-        return (feats.to(acc_dtype) / weights[:, None]).to(out_dtype), keep
-    # A representative is its group's smallest id, so starting from its own row and
-    # adding the other members in id order gives the reference's sums
-    # (zeros + members in id order) without a zero-filled accumulator.
-    acc = feats.to(acc_dtype)
-    others = torch.nonzero(rep != idx).squeeze(1)
-    index = rep[others].to(torch.int32) if stepwise else rep[others]
-    acc.index_add_(0, index, acc.index_select(0, others))
-    denom = weights.clone().index_add_(0, rep[others], weights[others])
-    out = acc.index_select(0, keep)
-    del acc
-    out.div_(denom.index_select(0, keep)[:, None])
+    is_rep = rep == idx
+    keep = torch.nonzero(is_rep).squeeze(1)
+    out = gather(keep)  # [N', C]
+    others = torch.nonzero(~is_rep).squeeze(1)
+    if others.numel():
+        # A representative is its group's smallest id, so starting from its own
+        # row and adding the other members in id order gives the reference's sums
+        # (zeros + members in id order) without a zero-filled accumulator.
+        slot = torch.full((n,), -1, dtype=torch.long, device=rep.device)
+        slot[keep] = torch.arange(keep.shape[0], device=rep.device)
+        target = slot[rep[others]]
+        index = target.to(torch.int32) if stepwise else target
+        out.index_add_(0, index, gather(others))
+        denom = weights.clone().index_add_(0, rep[others], weights[others])[keep]
+    else:
+        denom = weights[keep]
+    if bool((denom != 1).any()):
+        out.div_(denom[:, None])
     return out.to(out_dtype), keep
