@@ -45,7 +45,9 @@ def _pool(x: Tensor) -> Tensor:
     return s / (rows[:, None] * cols[None, :])
 
 
-def authors_walk(grid: Tensor, tau_s: float, tau_t: float, root_level: int = 1) -> Tensor:
+def authors_walk(
+    grid: Tensor, tau_s: float, tau_t: float, root_level: int = 1
+) -> Tensor:
     """Return ``[N', C]`` merged tokens of a ``[T, H, W, C]`` video (reference mode)."""
     t_len, h, w, c = grid.shape
     sizes = _sizes(h, w)[root_level:]
@@ -119,7 +121,10 @@ def authors_walk(grid: Tensor, tau_s: float, tau_t: float, root_level: int = 1) 
         pad[t_n, slot] = box.to(torch.int32)
         ok = torch.zeros(t_len, m, dtype=torch.bool)
         ok[t_n, slot] = True
-        a, b = pad[:-1, :, None, :], pad[1:, None, :, :]  # [T-1, M, 1, 4], [T-1, 1, M, 4]
+        a, b = (
+            pad[:-1, :, None, :],
+            pad[1:, None, :, :],
+        )  # [T-1, M, 1, 4], [T-1, 1, M, 4]
         diff = a - b  # [T-1, M, M, 4]
         a_in_b = (diff[..., 0] >= 0) & (diff[..., 1] >= 0) & (diff[..., 2] <= 0)
         a_in_b &= diff[..., 3] <= 0
