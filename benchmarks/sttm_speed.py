@@ -1,4 +1,4 @@
-"""Time the ``sttm`` reducer against an authors-structured baseline; check budget landing.
+"""Time the ``sttm`` reducer against an authors-structured baseline; check landing.
 
 Two tables, printed as Markdown.
 
