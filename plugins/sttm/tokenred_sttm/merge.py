@@ -299,6 +299,7 @@ def finalize(prep: Prepared, ev: Evaluation) -> STTMResult:
     part = ev.part
     node_area = part.area.reshape(-1)[part.tl_index]
     weights = node_area if prep.options.weighted else torch.ones_like(node_area)
+
     def gather(ids: Tensor) -> Tensor:
         return node_features(prep.levels, prep.lattice, part, prep.level_dtype, ids)
 
