@@ -301,7 +301,9 @@ def finalize(prep: Prepared, ev: Evaluation) -> STTMResult:
     weights = node_area if prep.options.weighted else torch.ones_like(node_area)
 
     def gather(ids: Tensor) -> Tensor:
-        return node_features(prep.levels, prep.lattice, part, prep.level_dtype, ids)
+        dtype = prep.level_dtype
+        feats: Tensor = node_features(prep.levels, prep.lattice, part, dtype, ids)
+        return feats
 
     feats, keep = aggregate(
         gather,

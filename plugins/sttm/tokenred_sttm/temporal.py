@@ -99,7 +99,8 @@ def key_offsets(lattice: Lattice, t_len: int) -> Tensor:
 def n_pair_keys(lattice: Lattice, t_len: int) -> int:
     """Number of distinct keys :func:`pair_keys` can return."""
     h, w = lattice.sizes[-1]
-    return int(key_offsets(lattice, t_len)[-1, -1]) + (t_len - 1) * h * w
+    last: int = int(key_offsets(lattice, t_len)[-1, -1])
+    return last + (t_len - 1) * h * w
 
 
 def finest_pair_cosines(grid: Tensor, head_dim: int | None) -> Tensor:
