@@ -100,7 +100,7 @@ def n_pair_keys(lattice: Lattice, t_len: int) -> int:
     """Number of distinct keys :func:`pair_keys` can return."""
     h, w = lattice.sizes[-1]
     last: int = int(key_offsets(lattice, t_len)[-1, -1])
-    return last + (t_len - 1) * h * w
+    return int(last + (t_len - 1) * h * w)
 
 
 def finest_pair_cosines(grid: Tensor, head_dim: int | None) -> Tensor:
