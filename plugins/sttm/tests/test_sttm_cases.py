@@ -190,3 +190,23 @@ def test_sparse_walk_equals_dense_scores(reference: bool) -> None:
         assert torch.equal(a.rep, b.rep)
         touched = int(torch.isfinite(sparse.pscores).sum())
         assert touched <= int(torch.isfinite(dense.pscores).sum())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_pooling_is_bit_identical_to_padded_avg_pool(dtype: torch.dtype) -> None:
+    # The reference pools with avg_pool2d; an odd side acts as a zero-padded border.
+    from tokenred_sttm.quadtree import _pool
+
+    for h, w in ((14, 14), (7, 7), (5, 9), (10, 18), (2, 7), (1, 4)):
+        x = torch.randn(3, h, w, 16, generator=torch.Generator().manual_seed(h * w))
+        x = x.to(dtype)
+        xc = torch.nn.functional.pad(
+            x.permute(0, 3, 1, 2).float(), (w % 2, 0, h % 2, 0)
+        )
+        sums = torch.nn.functional.avg_pool2d(xc, 2, 2, divisor_override=1)
+        rows = torch.tensor([1.0] * (h % 2) + [2.0] * (h // 2))
+        cols = torch.tensor([1.0] * (w % 2) + [2.0] * (w // 2))
+        means = sums / (rows[:, None] * cols[None, :])
+        for want, is_sum in ((sums, True), (means, False)):
+            got = _pool(x, sums=is_sum, dtype=dtype)
+            assert torch.equal(got, want.permute(0, 2, 3, 1).to(dtype)), (h, w, is_sum)

@@ -39,7 +39,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 SPATIAL_EPS = 1e-8
@@ -157,29 +156,42 @@ def build_lattice(
 def _pool(x: Tensor, *, sums: bool, dtype: torch.dtype) -> Tensor:
     """Pool one level into its parents: means (or sums) of 1, 2 or 4 children.
 
+    Strided sums straight into the result: no padded copy, one fresh tensor. Each
+    2x2 window is summed in the order ``((x00 + x01) + x10) + x11`` and then divided
+    by the child count, which is bit-identical to ``avg_pool2d`` (and to zero-padding
+    an odd axis in front, which the reference's pooling amounts to).
+
     Args:
         x: ``[T, h, w, C]`` child level.
         sums: Return sums instead of means (the area-weighted pyramid).
         dtype: Dtype of the result (each level is rounded once, as the reference
             rounds its model-dtype pooling).
     """
-    h, w = x.shape[1], x.shape[2]
-    # [T, h, w, C] -> [T, C, h, w] (a channels-last view, no copy)
-    xc = x.permute(0, 3, 1, 2).float()
-    if h % 2 == 0 and w % 2 == 0:
-        # No border: one pass, and avg_pool2d's mean is the same sum / 4 rounded once.
-        out = F.avg_pool2d(xc, 2, 2, divisor_override=1 if sums else None)
-    else:
-        # Zero rows/columns in front of an odd axis turn its 1-wide border into a
-        # 2-wide window; adding zeros first keeps the sums bit-identical.
-        xc = F.pad(xc, (w % 2, 0, h % 2, 0))
-        out = F.avg_pool2d(xc, kernel_size=2, stride=2, divisor_override=1)
-        if not sums:
-            rows = torch.bincount(parent_index(h, x.device)).to(torch.float32)
-            cols = torch.bincount(parent_index(w, x.device)).to(torch.float32)
-            out = out.div_(rows[:, None] * cols[None, :])
-    # [T, C, h', w'] -> [T, h', w', C]
-    return out.permute(0, 2, 3, 1).to(dtype).contiguous()
+    t, h, w, c = x.shape
+    oy, ox = h % 2, w % 2  # an odd axis starts with a 1-wide border
+    xf = x.float()
+    out = xf.new_empty(t, (h + oy) // 2, (w + ox) // 2, c)
+    # [T, h', w', C] -> [T, h'/2, 2, w'/2, 2, C] (views of the paired part)
+    pairs = xf[:, oy:, ox:].unflatten(1, (-1, 2)).unflatten(3, (-1, 2))
+    inner = out[:, oy:, ox:]
+    torch.add(pairs[:, :, 0, :, 0], pairs[:, :, 0, :, 1], out=inner)
+    inner += pairs[:, :, 1, :, 0]
+    inner += pairs[:, :, 1, :, 1]
+    if oy:  # top border row: pairs of columns
+        row = xf[:, 0, ox:].unflatten(1, (-1, 2))  # [T, w'/2, 2, C]
+        torch.add(row[:, :, 0], row[:, :, 1], out=out[:, 0, ox:])
+    if ox:  # left border column: pairs of rows
+        col = xf[:, oy:, 0].unflatten(1, (-1, 2))  # [T, h'/2, 2, C]
+        torch.add(col[:, :, 0], col[:, :, 1], out=out[:, oy:, 0])
+    if oy and ox:
+        out[:, 0, 0] = xf[:, 0, 0]
+    if not sums:
+        inner.div_(4)
+        if oy:
+            out[:, 0, ox:].div_(2)
+        if ox:
+            out[:, oy:, 0].div_(2)
+    return out.to(dtype)
 
 
 def build_pyramid(
