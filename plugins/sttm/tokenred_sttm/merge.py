@@ -1,9 +1,12 @@
 """The STTM pipeline as pure tensor functions: prepare once, cut at any thresholds.
 
 :func:`prepare` does everything that does not depend on the thresholds (the feature
-pyramid and every parent's stop score); :func:`evaluate` cuts the quadtree at
-``tau_s`` and runs the temporal stage at ``tau_t``; :func:`finalize` averages the
-groups. The budget search calls :func:`evaluate` repeatedly on one preparation.
+pyramid and the stop scores: of the parents a walk at ``reach`` visits, or of all of
+them for the search); :func:`evaluate` cuts the quadtree at ``tau_s`` and runs the
+temporal stage at ``tau_t``; :func:`finalize` averages the groups. The budget search
+calls :func:`evaluate` repeatedly on one preparation with a pair-cosine cache
+(:func:`with_cache`). Where the two modes differ, the functions read
+:class:`tokenred_sttm.modes.Rules` instead of branching on the mode.
 
 Deviations from reference (besides those listed in :mod:`tokenred_sttm.quadtree`
 and :mod:`tokenred_sttm.temporal`):

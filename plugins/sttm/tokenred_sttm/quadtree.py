@@ -9,12 +9,13 @@ parents; an odd axis makes its first parent a 1-wide border (child ``0`` alone) 
 pairs the rest (``[1, 2], [3, 4], ...``). A node is kept, and its subtree pruned, when
 its cosine similarity to each of its children reaches ``tau_s``.
 
-Instead of the reference's walk over the live nodes, every parent's *stop score*
-(the minimum similarity to its children) is computed densely once per level. Those
-scores do not depend on ``tau_s``, so the budget search re-partitions a video with a
-single comparison: a patch belongs to the first level, root first, whose ancestor
-score reaches ``tau_s`` (a node is reachable exactly when none of its ancestors
-stopped).
+Each parent's *stop score* is its minimum similarity to its children. A patch
+belongs to the first level, root first, whose ancestor score reaches ``tau_s`` (a
+node is reachable exactly when none of its ancestors stopped). For fixed thresholds
+only the parents that the walk reaches are scored, like the reference's walk over
+the live nodes; the budget search scores them all once, after which re-partitioning
+at any ``tau_s`` is a single comparison, and the node count at any ``tau_s`` can be
+read off the sorted node intervals (:func:`node_intervals`).
 
 Deviations from reference:
     * ``reference`` mode keeps the two quirks that shape the published numbers: the

@@ -11,10 +11,12 @@ Deviations from reference (details in the algorithm modules and the docs page):
       model-dtype accumulation; ``fixed`` masks the slots, merges full connected
       components and (by default) averages by area in float32.
     * Budgets: the paper tunes thresholds by hand. ``budget_mode=search`` bisects a
-      one-parameter threshold schedule per video; ``threshold`` uses the given
-      thresholds and only searches when they exceed ``ctx.budget``; budgets below
-      the tree's floor are met by merging adjacent outputs. :func:`calibrate` fits
-      thresholds for an average ratio on a subset of a dataset.
+      one-parameter threshold schedule per video, then fills exactly to the budget
+      by refining the chosen cut (see :func:`tokenred_sttm.budget.fill`);
+      ``threshold`` uses the given thresholds and only searches when they exceed
+      ``ctx.budget``; budgets below the tree's floor are met by merging adjacent
+      outputs. :func:`calibrate` fits thresholds for an average ratio on a subset
+      of a dataset.
     * Any grid (T=1, odd, non-square, 1-wide); root levels past the deepest level
       disable the spatial stage instead of failing.
     * Already-reduced inputs (not the original grid) are returned unchanged when
@@ -122,9 +124,9 @@ class STTMConfig(ReducerConfig):
     budget_mode: BudgetMode = field(
         default=BudgetMode.SEARCH,
         metadata={
-            "help": "search = bisect the threshold schedule per video to land just "
-            "below the budget; threshold = use tau_s/tau_t as given (searching only "
-            "when they exceed the budget)"
+            "help": "search = bisect the threshold schedule per video, then refine "
+            "the cut to land on the budget; threshold = use tau_s/tau_t as given "
+            "(searching only when they exceed the budget)"
         },
     )
     search_gap: float = field(
@@ -136,7 +138,9 @@ class STTMConfig(ReducerConfig):
     )
     search_iters: int = field(
         default=14,
-        metadata={"help": "bisection steps of the per-video search and calibrate()"},
+        metadata={
+            "help": "most bisection steps of the per-video search and calibrate()"
+        },
     )
     calibration_average: Average = field(
         default=Average.SAMPLE,

@@ -18,8 +18,10 @@ Deviations from reference:
       early stop at the first idempotent labelling (which can leave a node that is
       connected to an earlier one unmerged); ``fixed`` mode iterates to the full
       connected components.
-    * ``fixed`` mode accumulates merged features in float32 and rounds once; the
-      reference accumulates in the model dtype (kept in ``reference`` mode).
+    * ``fixed`` mode accumulates merged features in float32 and rounds once (the
+      more accurate sum); ``reference`` mode rounds to the model dtype after every
+      addition, as the reference's ``index_add_`` with an int32 index does on CPU
+      (under bfloat16 the two differ by 1-2 steps of the last bit).
 """
 
 from __future__ import annotations
