@@ -119,6 +119,14 @@ def _speed_child(args: dict[str, Any], queue: Any) -> None:
         return red.n_out, dict(red.info)
 
     with torch.inference_mode():
+        # Warm up both code paths on a 2-frame clip (lazy imports, first calls).
+        small = grid[:2].clone()
+        authors_walk(small, TAU_S, TAU_T)
+        warm = VisualTokens.from_grid(small.reshape(2 * h * w, -1), (2, h, w))
+        STTMReducer(STTMConfig()).reduce(
+            warm, ReduceContext(budget=h * w, generator=torch.Generator())
+        )
+        del small, warm
         gc.collect()
         base = _RssSampler.current()
         sampler = _RssSampler()
