@@ -17,9 +17,10 @@ stops at the root level and every nested pair with a positive cosine is an edge;
 * :func:`search` bisects ``lam`` for one video so that the output never exceeds the
   budget and is the largest count seen that fits (the count is a step function of
   ``lam``, almost always non-decreasing).
-* :func:`fit_thresholds` / :func:`calibrate` bisect one ``lam`` for a whole subset
-  of a dataset so that the *average* retained ratio lands at or just below a
-  target, which is how the paper's thresholds were chosen, by hand.
+* :func:`calibrate` (the one calibration entry point, used by
+  ``STTMReducer.calibrate`` and ``tokenred calibrate``) bisects one ``lam`` for a
+  whole subset of a dataset so that the *average* retained ratio lands at or just
+  below a target, which is how the paper's thresholds were chosen, by hand.
 * :func:`merge_adjacent` is the last resort when the budget is below what the tree
   can reach (fewer tokens than root nodes in the first frame): it merges the most
   similar neighbours in output order until the budget is met.
@@ -377,7 +378,7 @@ class Calibration:
     ratio: float
 
 
-def fit_thresholds(
+def _fit_schedule(
     token_sets: Sequence[VisualTokens],
     target_ratio: float,
     options: MergeOptions,
@@ -457,7 +458,7 @@ def resolve_options(
     )
 
 
-def calibration(
+def calibrate(
     token_sets: Sequence[VisualTokens],
     target_ratio: float,
     config: STTMConfig,
@@ -490,7 +491,7 @@ def calibration(
         msg = "sttm calibrate: token_sets must be original (unreduced) grid tokens"
         raise ConfigError(msg)
     options = resolve_options(config, head_dim, token_sets[0].channels)
-    cal = fit_thresholds(
+    cal = _fit_schedule(
         token_sets,
         target_ratio,
         options,
@@ -508,20 +509,3 @@ def calibration(
         len(token_sets),
     )
     return cal
-
-
-def calibrate(
-    token_sets: Sequence[VisualTokens],
-    target_ratio: float,
-    config: STTMConfig,
-    *,
-    head_dim: int | None = None,
-) -> tuple[float, float]:
-    """Return ``(tau_s, tau_t)`` of :func:`calibration`.
-
-    The runner (``tokenred calibrate``) or a notebook calls this on the original
-    visual tokens of a few videos, then runs ``sttm`` in ``budget_mode=threshold``
-    with the result, as the paper did by hand.
-    """
-    cal = calibration(token_sets, target_ratio, config, head_dim=head_dim)
-    return cal.tau_s, cal.tau_t

@@ -37,7 +37,7 @@ from tokenred.tokens import PositionPolicy, Reduction, Stage
 from tokenred_sttm.budget import (
     Average,
     BudgetMode,
-    calibration,
+    calibrate,
     compose,
     merge_adjacent,
     resolve_options,
@@ -212,7 +212,7 @@ class STTMReducer(TokenReducer):
         """
         if not isinstance(config, STTMConfig):
             config = STTMConfig()
-        cal = calibration(token_sets, target_ratio, config, head_dim=head_dim)
+        cal = calibrate(token_sets, target_ratio, config, head_dim=head_dim)
         overrides = {
             "tau_s": float(cal.tau_s),
             "tau_t": float(cal.tau_t),
