@@ -70,7 +70,7 @@ def smooth_video(
     ramp = (torch.arange(t, dtype=torch.float32) / max(t, 1))[:, None, None, None]
     video = field[None] + 0.8 * torch.randn(t, h, w, channels, generator=gen)
     video += 0.5 * ramp * drift
-    return video
+    return video.contiguous()  # [T, H, W, C] row-major, as tokens arrive
 
 
 class _RssSampler(threading.Thread):

@@ -179,6 +179,7 @@ def prepare(
             walk reaches at that threshold are scored (what the reference's walk
             touches). None scores every parent, for the budget search.
     """
+    grid = grid.contiguous()  # strided inputs would make every gather slow
     t, h, w, _ = grid.shape
     rules = options.rules
     lattice = build_lattice(

@@ -33,7 +33,7 @@ import torch
 
 from tokenred.errors import ConfigError
 from tokenred.reducer import ReducerConfig, TokenReducer
-from tokenred.tokens import PositionPolicy, Reduction, Stage
+from tokenred.tokens import PositionPolicy, Reduction, Stage, VisualTokens
 from tokenred_sttm.budget import (
     Average,
     BudgetMode,
@@ -56,7 +56,7 @@ from tokenred_sttm.modes import STTMMode
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from tokenred.tokens import ReduceContext, VisualTokens
+    from tokenred.tokens import ReduceContext
 
 
 @dataclass
@@ -258,9 +258,7 @@ class STTMReducer(TokenReducer):
             prop_rounds=float(result.rounds),
             fallback=0.0,
         )
-        red = Reduction.from_assignment(
-            tokens, result.assignment, features=result.features, info=info
-        )
+        red = _reduction(tokens, result.assignment, result.features, info)
         if red.n_out > budget:  # below the tree's floor
             red = compose(red, merge_adjacent(red.tokens, budget))
             info.update(fallback=1.0, n_out=float(red.n_out))
@@ -294,3 +292,31 @@ def _cut_for_budget(
     info["fill_detached"] = float(found.detached)
     info["fill_split"] = float(found.split)
     return found.evaluation, prep
+
+
+def _reduction(
+    tokens: VisualTokens, assignment: torch.Tensor, features: torch.Tensor, info: dict
+) -> Reduction:
+    """Wrap STTM's output, already in output order, without copying the features.
+
+    STTM numbers its outputs by their representatives' ``(t, y0, x0)``, which is the
+    order of their earliest patches, i.e. the order :meth:`Reduction.from_assignment`
+    would produce; that method would copy the features to reorder them. Checked here
+    (one pass); any other order goes through ``from_assignment``.
+    """
+    n_out = features.shape[0]
+    first = torch.full((n_out,), tokens.n, dtype=torch.long, device=assignment.device)
+    ids = torch.arange(tokens.n, device=assignment.device)
+    first.scatter_reduce_(0, assignment, ids, reduce="amin")
+    if n_out > 1 and not bool((first[1:] > first[:-1]).all()):
+        return Reduction.from_assignment(
+            tokens, assignment, features=features, info=info
+        )
+    sizes_in = tokens.sizes
+    sizes = torch.zeros(n_out, dtype=torch.float32, device=tokens.device)
+    sizes.index_add_(0, assignment, sizes_in)
+    coords = torch.zeros(n_out, 3, dtype=torch.float32, device=tokens.device)
+    coords.index_add_(0, assignment, tokens.coords * sizes_in[:, None])
+    coords /= sizes[:, None]
+    out = VisualTokens(features=features, coords=coords, sizes=sizes, grid=tokens.grid)
+    return Reduction(tokens=out, assignment=assignment, info=dict(info))
