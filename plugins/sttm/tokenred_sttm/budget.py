@@ -46,6 +46,7 @@ from tokenred_sttm.merge import (
     Prepared,
     cut,
     evaluate,
+    extend,
     group,
     may_pair,
     pair_similarities,
@@ -122,43 +123,94 @@ class SearchOutcome:
     split: int = 0
 
 
-def search(prep: Prepared, budget: int, *, gap: float, iters: int) -> SearchOutcome:
+def search(
+    prep: Prepared,
+    budget: int,
+    *,
+    gap: float,
+    iters: int,
+    start: float = 0.85,
+) -> SearchOutcome:
     """Find the groups of exactly ``budget`` tokens (or as close below as possible).
 
-    Two steps. The *schedule* step bisects ``lam`` (at most ``iters`` steps, fewer
-    once the bracket is narrow) for a bracket ``lo < hi`` whose counts fit and
+    Two steps. The *schedule* step brackets ``lam`` from ``start`` (steps of 0.02,
+    doubling, up or down the schedule) and then bisects the bracket (at most
+    ``iters`` steps, fewer once it is narrow) for ``lo < hi`` whose counts fit and
     exceed the budget; it fixes the balance between the stages. The *fill* then
     lands on the budget inside the bracket (:func:`fill`). When even ``LAMBDA_LOW``
     exceeds the budget, its evaluation is returned and the caller must merge
     further (:func:`merge_adjacent`).
 
+    The quadtree is scored lazily: each step extends the walk to its own ``tau_s``
+    (:func:`tokenred_sttm.merge.extend`), so the search scores no more parents than
+    a fixed-threshold call at ``hi`` would, and pair cosines are cached across
+    steps (:func:`tokenred_sttm.merge.with_cache`).
+
     Args:
-        prep: The prepared video (every parent scored: ``reach=None``).
+        prep: The prepared video, at any reach.
         budget: Maximum output tokens.
         gap: Schedule gap ``tau_s - tau_t``.
-        iters: Most bisection steps after the two end points.
+        iters: Most bisection steps after the bracket is found.
+        start: Schedule parameter tried first (the configured ``tau_s``).
     """
-    hi = lambda_high(gap)
+    top = lambda_high(gap)
     if prep.n_tokens <= budget:
-        return SearchOutcome(evaluate(prep, *schedule(hi, gap)), hi, 1)
+        part = partition_at(
+            torch.full_like(
+                prep.grid[..., 0], prep.lattice.n_levels - 1, dtype=torch.long
+            ),
+            prep.lattice,
+        )
+        rep = torch.arange(part.n_nodes, device=prep.grid.device)
+        tau_s, tau_t = schedule(top, gap)
+        return SearchOutcome(
+            Evaluation(tau_s, tau_t, part, rep, 0, part.n_nodes), top, 0
+        )
     prep = with_cache(prep)
-    lo = LAMBDA_LOW
-    best = evaluate(prep, *schedule(lo, gap))
-    evals = 1
-    if best.n_out > budget:
-        return SearchOutcome(best, lo, evals)
+    evals = 0
+
+    def run(lam: float) -> Evaluation:
+        nonlocal prep, evals
+        tau_s, tau_t = schedule(lam, gap)
+        prep = extend(prep, tau_s)
+        evals += 1
+        return evaluate(prep, tau_s, tau_t)
+
+    lam = min(max(start, LAMBDA_LOW), top)
+    first = run(lam)
+    step = 0.02
+    if first.n_out <= budget:
+        lo, best, hi = lam, first, top  # the count at ``top`` is N > budget
+        while lo + step < top:
+            ev = run(lo + step)
+            if ev.n_out > budget:
+                hi = lo + step
+                break
+            lo, best = lo + step, ev
+            step *= 2
+    else:
+        hi = lam
+        while True:
+            lam = max(hi - step, LAMBDA_LOW)
+            ev = run(lam)
+            if ev.n_out <= budget:
+                lo, best = lam, ev
+                break
+            if lam == LAMBDA_LOW:  # below the tree's floor
+                return SearchOutcome(ev, lam, evals)
+            hi, step = lam, step * 2
     for _ in range(iters):
         if best.n_out == budget or hi - lo < SCHEDULE_RESOLUTION:
             break
         mid = 0.5 * (lo + hi)
-        ev = evaluate(prep, *schedule(mid, gap))
-        evals += 1
+        ev = run(mid)
         if ev.n_out <= budget:
             lo, best = mid, ev
         else:
             hi = mid
     if best.n_out == budget:
         return SearchOutcome(best, lo, evals)
+    prep = extend(prep, hi)  # the fill reads node counts up to ``hi``
     ev, detached, split = fill(prep, best, hi, budget)
     return SearchOutcome(ev, lo, evals, detached, split)
 

@@ -53,6 +53,7 @@ __all__ = [
     "STTMMode",
     "STTMResult",
     "evaluate",
+    "extend",
     "finalize",
     "prepare",
     "sttm_merge",
@@ -94,7 +95,9 @@ class Prepared:
         grid: ``[T, H, W, C]`` input features.
         lattice: The quadtree levels used.
         levels: Level features, root first (the finest is ``grid``).
-        pscores: ``[L-1, T, H, W]`` stop score of each patch's ancestor per level.
+        pscores: ``[L-1, T, H, W]`` stop score of each patch's ancestor per level
+            (NaN where the walk up to ``reach`` never scores it).
+        scores: The per-level stop scores ``[T, h, w]`` behind ``pscores``.
         options: The switches.
         reach: Largest ``tau_s`` the scores serve (None: any).
         cache: ``[K]`` float32 pair cosines by :func:`pair_keys` key, NaN where not
@@ -105,6 +108,7 @@ class Prepared:
     lattice: Lattice
     levels: list[Tensor]
     pscores: Tensor
+    scores: list[Tensor]
     options: MergeOptions
     reach: float | None = None
     cache: Tensor | None = None
@@ -200,7 +204,29 @@ def prepare(
         reach=reach,
     )
     pscores = patch_scores(scores, lattice, t)
-    return Prepared(grid, lattice, levels, pscores, options, reach)
+    return Prepared(grid, lattice, levels, pscores, scores, options, reach)
+
+
+def extend(prep: Prepared, reach: float | None) -> Prepared:
+    """Return ``prep`` able to serve thresholds up to ``reach`` (None: any).
+
+    Scores only the parents that the walk reaches at ``reach`` but did not at the
+    old reach, so a search that raises its threshold step by step pays for the
+    parents it needs and no more.
+    """
+    if prep.reach is None or (reach is not None and reach <= prep.reach):
+        return prep
+    rules = prep.options.rules
+    scores = stop_scores(
+        prep.levels,
+        prep.lattice,
+        prep.options.head_dim,
+        read_missing=rules.read_missing_slots,
+        reach=reach,
+        known=prep.scores,
+    )
+    pscores = patch_scores(scores, prep.lattice, prep.grid.shape[0])
+    return dataclasses.replace(prep, pscores=pscores, scores=scores, reach=reach)
 
 
 def with_cache(prep: Prepared) -> Prepared:

@@ -335,15 +335,16 @@ def stop_scores(
     *,
     read_missing: bool,
     reach: float | None = None,
+    known: list[Tensor] | None = None,
 ) -> list[Tensor]:
     """Return each non-finest level's stop scores ``[T, h, w]``, root first.
 
     A parent stops (is kept whole) at threshold ``tau_s`` when its score is at least
     ``tau_s``. The scores do not depend on the threshold, but only the parents that
     the walk can reach need one: with ``reach`` set, a parent below an ancestor
-    whose score reaches ``reach`` is never visited for any ``tau_s <= reach`` and
-    gets ``-inf`` (it is never read). ``reach=None`` scores every parent, for the
-    budget search.
+    whose score reaches ``reach`` is never visited for any ``tau_s <= reach`` and is
+    left unscored (NaN; it is never read for such ``tau_s``). ``reach=None`` scores
+    every parent.
 
     Args:
         levels: Level features, root first.
@@ -351,6 +352,8 @@ def stop_scores(
         head_dim: Per-head similarity width, or None.
         read_missing: See :func:`score_parents`.
         reach: Largest ``tau_s`` the scores must serve, or None for all.
+        known: Scores from an earlier call with a smaller ``reach``; only the
+            parents they leave unscored and the walk now reaches are scored.
     """
     t = levels[0].shape[0]
     dev = levels[0].device
@@ -358,23 +361,25 @@ def stop_scores(
     alive: Tensor | None = None  # [T, h, w] parents the walk reaches
     for lvl in range(len(levels) - 1):
         h, w = lattice.sizes[lvl]
-        if alive is None:
-            idx = torch.arange(t * h * w, device=dev)
+        if known is None:
+            score = torch.full((t, h, w), math.nan, device=dev)
         else:
-            idx = torch.nonzero(alive.reshape(-1)).squeeze(1)
-        score = torch.full((t * h * w,), -math.inf, device=dev)
-        score[idx] = score_parents(
-            levels[lvl], levels[lvl + 1], idx, head_dim, read_missing=read_missing
-        )
-        score = score.reshape(t, h, w)
+            score = known[lvl].clone()
+        todo = torch.isnan(score)
+        if alive is not None:
+            todo &= alive
+        idx = torch.nonzero(todo.reshape(-1)).squeeze(1)
+        if idx.numel():
+            score.view(-1)[idx] = score_parents(
+                levels[lvl], levels[lvl + 1], idx, head_dim, read_missing=read_missing
+            )
         scores.append(score)
-        if reach is not None:
-            go_on = score < reach
-            if alive is not None:
-                go_on &= alive
-            hc, wc = lattice.sizes[lvl + 1]
-            py, px = parent_index(hc, dev), parent_index(wc, dev)
-            alive = go_on[:, py][:, :, px]  # [T, h', w']
+        go_on = score < reach if reach is not None else torch.ones_like(todo)
+        if alive is not None:
+            go_on &= alive
+        hc, wc = lattice.sizes[lvl + 1]
+        py, px = parent_index(hc, dev), parent_index(wc, dev)
+        alive = go_on[:, py][:, :, px]  # [T, h', w']
     return scores
 
 
@@ -521,8 +526,10 @@ def node_intervals(pscores: Tensor, lattice: Lattice) -> tuple[Tensor, Tensor]:
     _, t, h, w = pscores.shape
     dev = pscores.device
     inf = torch.full((1, t, h, w), math.inf, device=dev)
-    high = torch.cat([pscores, inf])  # [L, T, H, W]
-    low = torch.cat([-inf, pscores]).cummax(dim=0).values[:n_lv]
+    # Unscored parents (NaN) lie below a node that stops at every threshold served.
+    scored = pscores.nan_to_num(nan=-math.inf)
+    high = torch.cat([scored, inf])  # [L, T, H, W]
+    low = torch.cat([-inf, scored]).cummax(dim=0).values[:n_lv]
     yy, xx = torch.arange(h, device=dev), torch.arange(w, device=dev)
     tl_y = lattice.start_y == yy  # [L, H]
     tl_x = lattice.start_x == xx  # [L, W]

@@ -35,6 +35,7 @@ from tokenred.errors import ConfigError
 from tokenred.reducer import ReducerConfig, TokenReducer
 from tokenred.tokens import PositionPolicy, Reduction, Stage, VisualTokens
 from tokenred_sttm.budget import (
+    LAMBDA_LOW,
     Average,
     BudgetMode,
     calibrate,
@@ -275,8 +276,10 @@ def _cut_for_budget(
 ) -> tuple[Evaluation, Prepared]:
     """Evaluate the given thresholds, or search the schedule when asked or needed.
 
-    Threshold mode scores only the parents its ``tau_s`` reaches; the search scores
-    them all. Records what was done in ``info``.
+    Both score only the parents the quadtree walk reaches: threshold mode at its
+    ``tau_s``, the search at each threshold it tries (continuing from the threshold
+    mode's walk when the given thresholds exceed the budget). Records what was done
+    in ``info``.
     """
     if cfg.budget_mode is BudgetMode.THRESHOLD:
         prep = prepare(grid, options, reach=cfg.tau_s)
@@ -285,8 +288,11 @@ def _cut_for_budget(
         if ev.n_out <= budget:
             return ev, prep
         info["budget_capped"] = 1.0
-    prep = prepare(grid, options)
-    found = search(prep, budget, gap=cfg.search_gap, iters=cfg.search_iters)
+    else:
+        prep = prepare(grid, options, reach=LAMBDA_LOW)
+    found = search(
+        prep, budget, gap=cfg.search_gap, iters=cfg.search_iters, start=cfg.tau_s
+    )
     info["lambda"] = found.lam
     info["search_evals"] += found.evals
     info["fill_detached"] = float(found.detached)
