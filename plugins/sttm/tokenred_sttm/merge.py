@@ -233,17 +233,22 @@ def with_cache(prep: Prepared) -> Prepared:
     """Attach an empty pair-cosine cache, for callers that evaluate many cuts.
 
     The cache holds one float32 per possible nested pair (about ``2L - 1`` times
-    the patch count). The pairs of two finest patches are filled at once by one
-    streaming pass over the frames; each cut then computes only the other pairs
-    that no earlier cut met.
+    the patch count); each cut then computes only the pairs no earlier cut met.
+    When a cut misses many pairs of two finest patches, the whole block of those is
+    filled at once by one streaming pass over the frames (no gathers).
     """
     if prep.cache is not None or not may_pair(prep):
         return prep
     size = n_pair_keys(prep.lattice, prep.grid.shape[0])
     cache = torch.full((size,), math.nan, device=prep.grid.device)
-    finest = finest_pair_cosines(prep.grid, prep.options.head_dim)
-    cache[size - finest.shape[0] :] = finest  # the last key block: (L-1, L-1)
     return dataclasses.replace(prep, cache=cache)
+
+
+def _finest_block(prep: Prepared) -> int:
+    """First key of the pairs of two finest patches (the last key block)."""
+    t, h, w, _ = prep.grid.shape
+    first: int = n_pair_keys(prep.lattice, t) - (t - 1) * h * w
+    return first
 
 
 def may_pair(prep: Prepared) -> bool:
@@ -284,6 +289,12 @@ def pair_similarities(prep: Prepared, part: Partition) -> tuple[Tensor, Tensor, 
     keys = pair_keys(part, prep.lattice)
     sims = prep.cache[keys]
     miss = torch.nonzero(torch.isnan(sims)).squeeze(1)
+    start = _finest_block(prep)
+    finest_missing = int((keys[miss] >= start).sum())
+    if 4 * finest_missing > prep.cache.shape[0] - start:
+        prep.cache[start:] = finest_pair_cosines(prep.grid, opts.head_dim)
+        sims = prep.cache[keys]
+        miss = torch.nonzero(torch.isnan(sims)).squeeze(1)
     if miss.numel():
         fresh = pair_cosines(
             prep.levels,
