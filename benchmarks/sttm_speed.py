@@ -15,7 +15,8 @@ level before the timed calls, sampled every millisecond):
 * ``fixed thresholds``: ``sttm`` in reference mode, ``budget_mode=threshold``,
   tau 0.80/0.60 (one evaluation);
 * ``search @ same count``: ``budget_mode=search`` with the budget set to the count
-  of the fixed-threshold call, and ``search @ 30%``.
+  of the fixed-threshold call, starting from the same ``tau_s`` (0.80) or from the
+  config default (0.85), and ``search @ 30%`` (from 0.80).
 
 **Landing** (``--landing``). ``budget_mode=search`` at budgets 5 %, 10 %, ... 95 % of
 the tokens on: the embedded benchmark's test videos (the ``tiny`` model's visual
@@ -52,7 +53,13 @@ SHAPES = {
 }
 QUICK = {"llava_t8": (8, 14, 14), "qwen_t8": (8, 20, 36)}
 TAU_S, TAU_T = 0.80, 0.60
-CASES = ["authors walk", "fixed thresholds", "search @ same count", "search @ 30%"]
+CASES = [
+    "authors walk",
+    "fixed thresholds",
+    "search @ same count",
+    "search @ same count, start 0.85",
+    "search @ 30%",
+]
 BUDGETS = [k / 100 for k in range(5, 100, 5)]
 
 
@@ -112,7 +119,10 @@ def _speed_child(args: dict[str, Any], queue: Any) -> None:
             cfg = STTMConfig(budget_mode="threshold", tau_s=TAU_S, tau_t=TAU_T)  # type: ignore[arg-type]
             budget = tokens.n
         else:
-            cfg = STTMConfig()
+            # The search starts from the configured tau_s: the fixed call's 0.80,
+            # or the config default 0.85.
+            start = 0.85 if "start 0.85" in case else TAU_S
+            cfg = STTMConfig(tau_s=start)
             budget = args["budget"] if "same" in case else int(0.3 * tokens.n)
         ctx = ReduceContext(budget=budget, generator=torch.Generator())
         red = STTMReducer(cfg).reduce(tokens, ctx)
