@@ -77,7 +77,8 @@ class STTMConfig(ReducerConfig):
         default=0.85,
         metadata={
             "help": "spatial threshold: a quadtree node is kept whole when its cosine "
-            "to each child reaches it (paper: 0.75-0.95; >1 disables spatial merges)"
+            "to each child reaches it (paper: 0.75-0.95; >1 disables spatial merges; "
+            "budget_mode=search starts its schedule search there)"
         },
     )
     tau_t: float = field(
