@@ -1,20 +1,34 @@
-"""Time the ``sttm`` reducer on the video shapes that matter and print a Markdown table.
+"""Time the ``sttm`` reducer against an authors-structured baseline; check landing.
 
-Shapes: LLaVA-Video (T=64 and T=128 frames of 14x14, C=3584) and Qwen2-VL (T=128 of
-20x36, C=3584). Each case runs in a fresh child process, so the peak-memory column
-is the extra memory of the merge alone (CUDA: peak allocated above the input; CPU:
-peak resident set, sampled every millisecond, above the level before the timed
-calls). The last two columns compare the temporal pair search alone, computed from
-the actual node counts: tokenred's ``O(T*H*W)`` mask and index tensors (an upper
-bound) and the reference's padded ``O(T*M^2)`` one (``[T-1, M, M, 4]`` int32 plus two
-``[T-1, M, M]`` masks, M = most nodes in a frame), which it must allocate on top of
-the feature temporaries both approaches share.
+Two tables, printed as Markdown.
+
+**Speed** (``--speed``, default on). Shapes: LLaVA-Video (T=64 and T=128 frames of
+14x14) and Qwen2-VL (T=128 of 20x36), C=3584, float32, smooth realistic features
+(a 4x4 Gaussian field bilinearly upsampled to the grid, repeated over frames, plus
+0.8 x Gaussian noise per token and a slow linear drift). Per shape, each in a fresh
+child process so that peak memory is the run's own (peak resident set above the
+level before the timed calls, sampled every millisecond):
+
+* ``authors walk``: :mod:`sttm_authors_walk`, our restatement of how the reference
+  code is organised (level-by-level walk, padded ``[T-1, M, M]`` pair test), at
+  tau 0.80/0.60, root level 1; its output is checked to equal tokenred's;
+* ``fixed thresholds``: ``sttm`` in reference mode, ``budget_mode=threshold``,
+  tau 0.80/0.60 (one evaluation);
+* ``search @ same count``: ``budget_mode=search`` with the budget set to the count
+  of the fixed-threshold call, starting from the same ``tau_s`` (0.80) or from the
+  config default (0.85), and ``search @ 30%`` (from 0.80).
+
+**Landing** (``--landing``). ``budget_mode=search`` at budgets 5 %, 10 %, ... 95 % of
+the tokens on: the embedded benchmark's test videos (the ``tiny`` model's visual
+tokens), fully static clips (frame 0 of each video repeated 32 times), half-
+duplicated clips (every odd frame a copy of the frame before) and smooth realistic
+features. Reports kept / budget (min and mean) and how many runs landed below 97 %.
 
 Examples::
 
-    python benchmarks/sttm_speed.py                       # CPU, float32
-    python benchmarks/sttm_speed.py --device cuda --dtype bfloat16
-    python benchmarks/sttm_speed.py --quick               # small shapes, smoke test
+    python benchmarks/sttm_speed.py --threads 2                # speed, all shapes
+    python benchmarks/sttm_speed.py --no-speed --landing        # landing table only
+    python benchmarks/sttm_speed.py --quick --landing --videos 4  # smoke test
 """
 
 from __future__ import annotations
@@ -24,8 +38,10 @@ import gc
 import multiprocessing as mp
 import os
 import statistics
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -35,40 +51,33 @@ SHAPES = {
     "llava_video_t128": (128, 14, 14),
     "qwen2_vl_t128": (128, 20, 36),
 }
-QUICK = {"llava_t8_c256": (8, 14, 14), "qwen_t8_c256": (8, 20, 36)}
+QUICK = {"llava_t8": (8, 14, 14), "qwen_t8": (8, 20, 36)}
+TAU_S, TAU_T = 0.80, 0.60
 CASES = [
-    # label, mode, budget_mode, tau_s, tau_t, budget ratio
-    ("reference thr 0.85/0.55", "reference", "threshold", 0.85, 0.55, 1.0),
-    ("fixed thr 0.85/0.55", "fixed", "threshold", 0.85, 0.55, 1.0),
-    ("reference search 30%", "reference", "search", 0.85, 0.55, 0.3),
-    ("fixed search 50%", "fixed", "search", 0.85, 0.55, 0.5),
+    "authors walk",
+    "fixed thresholds",
+    "search @ same count",
+    "search @ same count, start 0.85",
+    "search @ 30%",
 ]
+BUDGETS = [k / 100 for k in range(5, 100, 5)]
 
 
-def synthetic_video(
-    grid: tuple[int, int, int], channels: int, dtype: torch.dtype, device: str
+def smooth_video(
+    grid: tuple[int, int, int], channels: int, seed: int = 0
 ) -> torch.Tensor:
-    """Return ``[T*H*W, C]`` features with video-like redundancy.
-
-    A smooth random field per 8-frame scene (bilinear upsampling of a coarse grid,
-    so neighbouring patches correlate), panned by half a patch per frame, plus
-    noise whose level varies per patch (flat regions and busy ones). At the paper's
-    0.85/0.55 it keeps roughly a third of the tokens.
-    """
+    """Return ``[T, H, W, C]`` float32 smooth realistic features (see the docstring)."""
     t, h, w = grid
-    gen = torch.Generator().manual_seed(0)
-    scenes = t // 8 + 1
-    coarse = torch.randn(scenes, channels, h // 3 + 2, w // 3 + 2, generator=gen)
+    gen = torch.Generator().manual_seed(seed)
+    coarse = torch.randn(1, channels, 4, 4, generator=gen)
     field = torch.nn.functional.interpolate(
-        coarse, size=(h + 4, w + 4), mode="bilinear", align_corners=False
-    )  # [S, C, H+4, W+4]
-    frames = torch.stack(
-        [field[i // 8, :, (i % 8) // 2 :, (i % 8) // 2 :][:, :h, :w] for i in range(t)]
-    )  # [T, C, H, W]
-    level = 0.2 + 0.8 * torch.rand(t, 1, h, w, generator=gen)
-    frames += level * torch.randn(t, channels, h, w, generator=gen)
-    video = frames.permute(0, 2, 3, 1)  # [T, C, H, W] -> [T, H, W, C]
-    return video.reshape(t * h * w, channels).to(device=device, dtype=dtype)
+        coarse, size=(h, w), mode="bilinear", align_corners=False
+    )[0].permute(1, 2, 0)  # [C, H, W] -> [H, W, C]
+    drift = torch.randn(channels, generator=gen)
+    ramp = (torch.arange(t, dtype=torch.float32) / max(t, 1))[:, None, None, None]
+    video = field[None] + 0.8 * torch.randn(t, h, w, channels, generator=gen)
+    video += 0.5 * ramp * drift
+    return video.contiguous()  # [T, H, W, C] row-major, as tokens arrive
 
 
 class _RssSampler(threading.Thread):
@@ -78,7 +87,6 @@ class _RssSampler(threading.Thread):
         super().__init__(daemon=True)
         self.peak = 0
         self.running = True
-        self.page = os.sysconf("SC_PAGE_SIZE")
 
     @staticmethod
     def current() -> int:
@@ -91,140 +99,221 @@ class _RssSampler(threading.Thread):
             time.sleep(0.001)
 
 
-def _pair_search_bytes(
-    tlbr: torch.Tensor, grid: tuple[int, int, int]
-) -> tuple[int, int]:
-    """Bytes of the pair-search tensors: tokenred's and the reference's padded one.
-
-    tokenred: a ``[T-1, H, W]`` bool mask, its ``nonzero`` (3 int64 per pair) and the
-    two node ids per pair. Reference: ``[T-1, M, M, 4]`` int32 differences plus two
-    ``[T-1, M, M]`` bool masks, M = most nodes in a frame.
-    """
-    t, h, w = grid
-    pairs = (t - 1) * h * w  # an upper bound: at most one pair per patch
-    ours = (t - 1) * h * w + pairs * 5 * 8
-    m = int(torch.bincount(tlbr[:, 0]).max())
-    return ours, (t - 1) * m * m * (4 * 4 + 2)
-
-
-def _child(args: dict[str, Any], queue: Any) -> None:
-    from tokenred_sttm.merge import MergeOptions, prepare
+def _speed_child(args: dict[str, Any], queue: Any) -> None:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from sttm_authors_walk import authors_walk
     from tokenred_sttm.reducer import STTMConfig, STTMReducer
 
     from tokenred import ReduceContext, VisualTokens
 
     torch.set_num_threads(args["threads"])
-    device, dtype = args["device"], getattr(torch, args["dtype"])
     t, h, w = args["grid"]
-    feats = synthetic_video((t, h, w), args["channels"], dtype, device)
-    tokens = VisualTokens.from_grid(feats, (t, h, w))
-    cfg = STTMConfig(
-        mode=args["mode"],
-        budget_mode=args["budget_mode"],
-        tau_s=args["tau_s"],
-        tau_t=args["tau_t"],
-    )
-    red = STTMReducer(cfg)
-    budget = max(1, int(args["ratio"] * tokens.n))
-    ctx = ReduceContext(budget=budget, generator=torch.Generator())
-    warm = VisualTokens.from_grid(feats[: 2 * h * w], (2, h, w))
-    with torch.inference_mode():
-        red.reduce(warm, ReduceContext(budget=h * w, generator=torch.Generator()))
-        sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-        gc.collect()
-        if device.startswith("cuda"):
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
+    grid = smooth_video((t, h, w), args["channels"])
+    tokens = VisualTokens.from_grid(grid.reshape(t * h * w, -1), (t, h, w))
+    case = args["case"]
+
+    def run() -> tuple[int, dict[str, float]]:
+        if case == "authors walk":
+            return int(authors_walk(grid, TAU_S, TAU_T).shape[0]), {}
+        if case == "fixed thresholds":
+            cfg = STTMConfig(budget_mode="threshold", tau_s=TAU_S, tau_t=TAU_T)  # type: ignore[arg-type]
+            budget = tokens.n
         else:
-            base = _RssSampler.current()
-            sampler = _RssSampler()
-            sampler.start()
+            # The search starts from the configured tau_s: the fixed call's 0.80,
+            # or the config default 0.85.
+            start = 0.85 if "start 0.85" in case else TAU_S
+            cfg = STTMConfig(tau_s=start)
+            budget = args["budget"] if "same" in case else int(0.3 * tokens.n)
+        ctx = ReduceContext(budget=budget, generator=torch.Generator())
+        red = STTMReducer(cfg).reduce(tokens, ctx)
+        return red.n_out, dict(red.info)
+
+    with torch.inference_mode():
+        # Warm up both code paths on a 2-frame clip (lazy imports, first calls).
+        small = grid[:2].clone()
+        authors_walk(small, TAU_S, TAU_T)
+        warm = VisualTokens.from_grid(small.reshape(2 * h * w, -1), (2, h, w))
+        STTMReducer(STTMConfig()).reduce(
+            warm, ReduceContext(budget=h * w, generator=torch.Generator())
+        )
+        del small, warm
+        gc.collect()
+        base = _RssSampler.current()
+        sampler = _RssSampler()
+        sampler.start()
         times = []
         for _ in range(args["repeats"]):
-            sync()
             start = time.perf_counter()
-            out = red.reduce(tokens, ctx)
-            sync()
+            n_out, info = run()
             times.append(1000 * (time.perf_counter() - start))
-        if device.startswith("cuda"):
-            peak = torch.cuda.max_memory_allocated() - base
-        else:
-            sampler.running = False
-            sampler.join()
-            peak = sampler.peak - base
-        info = dict(out.info)
-        opts = MergeOptions(reference=args["mode"] == "reference")
-        from tokenred_sttm.merge import evaluate, finalize
-
-        prep = prepare(feats.reshape(t, h, w, -1), opts)
-        nodes = finalize(prep, evaluate(prep, info["tau_s"], 2.0)).tlbr.cpu()
-    ours, naive = _pair_search_bytes(nodes, (t, h, w))
+        sampler.running = False
+        sampler.join()
     queue.put(
         {
             "ms": statistics.median(times),
             "n_in": tokens.n,
-            "n_out": out.n_out,
+            "n_out": n_out,
             "evals": info.get("search_evals", 1.0),
-            "tau": f"{info['tau_s']:.3f}/{info['tau_t']:.3f}",
-            "peak_mb": peak / 2**20,
-            "pairs_mb": ours / 2**20,
-            "naive_mb": naive / 2**20,
+            "peak_mb": (sampler.peak - base) / 2**20,
         }
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    parser.add_argument("--channels", type=int, default=3584)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--quick", action="store_true", help="small shapes, C=256")
-    parser.add_argument("--shapes", nargs="*", default=None, help="subset of shapes")
-    args = parser.parse_args()
+def _check_equal(grid: tuple[int, int, int], channels: int) -> bool:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from sttm_authors_walk import authors_walk
+    from tokenred_sttm.merge import sttm_merge
+
+    video = smooth_video(grid, channels)
+    ours = sttm_merge(video, TAU_S, TAU_T).features
+    theirs = authors_walk(video, TAU_S, TAU_T)
+    return ours.shape == theirs.shape and torch.equal(ours, theirs)
+
+
+def speed(args: argparse.Namespace) -> None:
     shapes = QUICK if args.quick else SHAPES
     channels = 256 if args.quick else args.channels
     if args.shapes:
         shapes = {k: v for k, v in shapes.items() if k in args.shapes}
     print(
-        f"device={args.device} dtype={args.dtype} C={channels} threads={args.threads}"
+        f"speed: CPU float32, C={channels}, threads={args.threads}, "
+        f"tau {TAU_S}/{TAU_T}, root level 1, median of {args.repeats}"
     )
     print()
     print(
-        "| shape | T x H x W | case | tokens in | tokens out | tau_s/tau_t | evals "
-        "| ms/video | merge peak MB | pair search MB | padded pair search MB |"
+        "| shape | T x H x W | case | tokens in | tokens out | evals | ms/video "
+        "| x faster than authors walk | peak MB |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     ctx = mp.get_context("spawn")
     for name, grid in shapes.items():
-        for label, mode, budget_mode, tau_s, tau_t, ratio in CASES:
+        rows: dict[str, dict[str, Any]] = {}
+        for case in CASES:
             job = {
                 "grid": grid,
                 "channels": channels,
-                "device": args.device,
-                "dtype": args.dtype,
-                "mode": mode,
-                "budget_mode": budget_mode,
-                "tau_s": tau_s,
-                "tau_t": tau_t,
-                "ratio": ratio,
-                "repeats": args.repeats,
+                "case": case,
                 "threads": args.threads,
+                "repeats": args.repeats,
+                "budget": rows.get("fixed thresholds", {}).get("n_out", 1),
             }
             queue = ctx.Queue()
-            proc = ctx.Process(target=_child, args=(job, queue))
+            proc = ctx.Process(target=_speed_child, args=(job, queue))
             proc.start()
-            row = queue.get()
+            rows[case] = queue.get()
             proc.join()
+            row = rows[case]
+            ratio = rows["authors walk"]["ms"] / row["ms"]
             t, h, w = grid
             print(
-                f"| {name} | {t}x{h}x{w} | {label} | {row['n_in']} | {row['n_out']} "
-                f"| {row['tau']} | {row['evals']:.0f} | {row['ms']:.1f} "
-                f"| {row['peak_mb']:.0f} | {row['pairs_mb']:.1f} "
-                f"| {row['naive_mb']:.0f} |",
+                f"| {name} | {t}x{h}x{w} | {case} | {row['n_in']} | {row['n_out']} "
+                f"| {row['evals']:.0f} | {row['ms']:.0f} | {ratio:.2f} "
+                f"| {row['peak_mb']:.0f} |",
                 flush=True,
             )
+    if args.check:
+        small = (4, 14, 14) if args.quick else (8, 20, 36)
+        print()
+        print(
+            f"authors walk == tokenred reference output at {small}: "
+            f"{_check_equal(small, channels)}"
+        )
+
+
+def _embedded_videos(n: int) -> list[torch.Tensor]:
+    """Return ``[T, H, W, C]`` visual tokens of the embedded benchmark's test videos."""
+    from tokenred.adapters.tiny import TinyAdapter
+    from tokenred.builtin.synthetic import SyntheticConfig, SyntheticDataset
+
+    dataset = SyntheticDataset(SyntheticConfig(split="test"))
+    adapter = TinyAdapter()
+    adapter.load()
+    out = []
+    for sample in dataset.samples()[:n]:
+        decoded = dataset.decode(sample)
+        feats = adapter.encode_video(
+            decoded.frames, [float(s) for s in decoded.timestamps]
+        )
+        t, h, w = feats.grid
+        out.append(feats.features.float().reshape(t, h, w, -1))
+    return out
+
+
+def _land(videos: list[torch.Tensor]) -> tuple[float, float, int, int, int]:
+    from tokenred_sttm.reducer import STTMConfig, STTMReducer
+
+    from tokenred import ReduceContext, VisualTokens
+
+    reducer = STTMReducer(STTMConfig())
+    ratios, low, over = [], 0, 0
+    for grid in videos:
+        t, h, w, c = grid.shape
+        tokens = VisualTokens.from_grid(grid.reshape(-1, c), (t, h, w))
+        for frac in BUDGETS:
+            budget = max(1, int(frac * tokens.n))
+            ctx = ReduceContext(budget=budget, generator=torch.Generator())
+            kept = reducer.reduce(tokens, ctx).n_out
+            ratios.append(kept / budget)
+            low += kept < 0.97 * budget
+            over += kept > budget
+    return min(ratios), statistics.mean(ratios), low, over, len(ratios)
+
+
+def landing(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    embedded = _embedded_videos(args.videos)
+    static = [v[:1].expand(32, *v.shape[1:]).clone() for v in embedded]
+    half = []
+    for v in embedded:
+        dup = v.clone()
+        dup[1::2] = v[0::2][: dup[1::2].shape[0]]
+        half.append(dup)
+    t_smooth = 16 if args.quick else 32
+    smooth = [smooth_video((t_smooth, 14, 14), 256, seed=s) for s in range(4)]
+    smooth += [smooth_video((t_smooth // 2, 20, 36), 256, seed=s) for s in range(4)]
+    print(
+        f"landing: budget_mode=search, budgets {BUDGETS[0]:.0%}..{BUDGETS[-1]:.0%} "
+        "in steps of 5 %"
+    )
+    print()
+    print(
+        "| content | videos | grid | runs | min kept/budget | mean kept/budget "
+        "| runs < 97 % | runs over budget |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for name, videos in (
+        ("embedded benchmark (test split)", embedded),
+        ("fully static (32 frames)", static),
+        ("half-duplicated", half),
+        ("smooth realistic", smooth),
+    ):
+        shapes = sorted({tuple(v.shape[:3]) for v in videos})
+        lo, mean, low, over, runs = _land(videos)
+        grids = ", ".join("x".join(map(str, s)) for s in shapes)
+        print(
+            f"| {name} | {len(videos)} | {grids} | {runs} | {lo:.4f} | {mean:.4f} "
+            f"| {low} | {over} |",
+            flush=True,
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--channels", type=int, default=3584)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--quick", action="store_true", help="small shapes, C=256")
+    parser.add_argument("--shapes", nargs="*", default=None, help="subset of shapes")
+    parser.add_argument("--speed", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--check", action="store_true", help="check baseline output")
+    parser.add_argument("--landing", action="store_true", help="print landing table")
+    parser.add_argument("--videos", type=int, default=100, help="embedded videos")
+    args = parser.parse_args()
+    if args.speed:
+        speed(args)
+        print()
+    if args.landing:
+        landing(args)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ plugin, model or config: that happens when the CLI or the runner asks.
 from __future__ import annotations
 
 from tokenred.arch import ArchSpec, VisionSpec
+from tokenred.determinism import stable_scores
 from tokenred.errors import ConfigError, ContractError, TokenredError, UsageError
 from tokenred.hookspecs import hookimpl
 from tokenred.plugins import get_plugin_manager
@@ -43,5 +44,6 @@ __all__ = [
     "__version__",
     "get_plugin_manager",
     "hookimpl",
+    "stable_scores",
     "validate_reduction",
 ]

@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tokenred.determinism import stable_scores
+from tokenred import stable_scores
 
 PRUNED, ANCHOR, FIRST = 1, 2, 3
 """Frame levels, filled from the highest (kept first) to the lowest."""

@@ -8,17 +8,13 @@ from sttm_inputs import blocky_video, checkerboard
 from tokenred_sttm.merge import (
     MergeOptions,
     evaluate,
+    pair_similarities,
     prepare,
     sttm_merge,
-    with_tables,
+    with_cache,
 )
 from tokenred_sttm.quadtree import build_lattice, level_sizes, node_features, partition
-from tokenred_sttm.temporal import (
-    candidate_pairs,
-    pair_similarity,
-    propagate,
-    table_pairs,
-)
+from tokenred_sttm.temporal import candidate_pairs, pair_keys, propagate
 
 CPU = torch.device("cpu")
 
@@ -151,21 +147,66 @@ def test_single_frame_and_single_token() -> None:
 
 @pytest.mark.parametrize("reference", [True, False])
 @pytest.mark.parametrize("head_dim", [None, 4])
-def test_pair_tables_match_the_direct_cosines(
+def test_pair_cache_matches_the_direct_cosines(
     reference: bool, head_dim: int | None
 ) -> None:
     grid = blocky_video((4, 10, 18), seed=12)
     opts = MergeOptions(reference=reference, head_dim=head_dim, root_level=0)
     prep = prepare(grid, opts)
-    fast = with_tables(prep)
-    for tau_s, tau_t in ((0.5, 0.3), (0.8, 0.6), (0.9, 0.8), (0.97, 0.9)):
+    fast = with_cache(prep)
+    seen: set[int] = set()
+    for tau_s, tau_t in ((0.5, 0.3), (0.8, 0.6), (0.9, 0.8), (0.97, 0.9), (0.8, 0.6)):
         part = partition(prep.pscores, prep.lattice, tau_s)
         feats = node_features(prep.levels, prep.lattice, part, prep.level_dtype)
         dst, src = candidate_pairs(part)
-        sims = pair_similarity(feats, dst, src, head_dim, owned=True)
-        assert fast.tables is not None
-        tdst, tsrc, tsims = table_pairs(fast.tables, part, prep.lattice)
-        assert torch.equal(dst, tdst) and torch.equal(src, tsrc)
-        assert torch.equal(sims, tsims), "table cosines are not bit-identical"
+        u = feats.float() / (feats.float().norm(dim=-1, keepdim=True) + 1e-8)
+        if head_dim is None:
+            want = (u[dst] * u[src]).sum(-1)
+            torch.testing.assert_close(pair_similarities(prep, part)[2], want)
+        _, _, direct = pair_similarities(prep, part)
+        cdst, csrc, cached = pair_similarities(fast, part)
+        assert torch.equal(dst, cdst) and torch.equal(src, csrc)
+        assert torch.equal(direct, cached), "cached cosines are not bit-identical"
+        keys = pair_keys(part, prep.lattice)
+        assert keys.unique().numel() == keys.numel(), "a key names two pairs"
+        seen |= set(keys.tolist())
         a, b = evaluate(prep, tau_s, tau_t), evaluate(fast, tau_s, tau_t)
         assert torch.equal(a.rep, b.rep) and a.n_out == b.n_out
+    assert fast.cache is not None
+    filled = set(torch.nonzero(~torch.isnan(fast.cache)).squeeze(1).tolist())
+    assert seen <= filled, "a cut's cosine was not cached"
+
+
+@pytest.mark.parametrize("reference", [True, False])
+def test_sparse_walk_equals_dense_scores(reference: bool) -> None:
+    grid = blocky_video((3, 20, 36), seed=4)
+    opts = MergeOptions(reference=reference, root_level=1)
+    dense = prepare(grid, opts)
+    for tau_s in (0.6, 0.85, 0.95):
+        sparse = prepare(grid, opts, reach=tau_s)
+        a = evaluate(dense, tau_s, 0.6)
+        b = evaluate(sparse, tau_s, 0.6)
+        assert torch.equal(a.part.node, b.part.node)
+        assert torch.equal(a.rep, b.rep)
+        touched = int(torch.isfinite(sparse.pscores).sum())
+        assert touched <= int(torch.isfinite(dense.pscores).sum())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_pooling_is_bit_identical_to_padded_avg_pool(dtype: torch.dtype) -> None:
+    # The reference pools with avg_pool2d; an odd side acts as a zero-padded border.
+    from tokenred_sttm.quadtree import _pool
+
+    for h, w in ((14, 14), (7, 7), (5, 9), (10, 18), (2, 7), (1, 4)):
+        x = torch.randn(3, h, w, 16, generator=torch.Generator().manual_seed(h * w))
+        x = x.to(dtype)
+        xc = torch.nn.functional.pad(
+            x.permute(0, 3, 1, 2).float(), (w % 2, 0, h % 2, 0)
+        )
+        sums = torch.nn.functional.avg_pool2d(xc, 2, 2, divisor_override=1)
+        rows = torch.tensor([1.0] * (h % 2) + [2.0] * (h // 2))
+        cols = torch.tensor([1.0] * (w % 2) + [2.0] * (w // 2))
+        means = sums / (rows[:, None] * cols[None, :])
+        for want, is_sum in ((sums, True), (means, False)):
+            got = _pool(x, sums=is_sum, dtype=dtype)
+            assert torch.equal(got, want.permute(0, 2, 3, 1).to(dtype)), (h, w, is_sum)

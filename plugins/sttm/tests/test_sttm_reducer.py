@@ -102,3 +102,20 @@ def test_per_head_similarity_changes_decisions() -> None:
     whole = sttm_merge(feats, 0.85, 2.0, MergeOptions())
     per_head = sttm_merge(feats, 0.85, 2.0, MergeOptions(head_dim=4))
     assert per_head.features.shape[0] > whole.features.shape[0]
+
+
+def test_output_wrapping_equals_from_assignment() -> None:
+    # The reducer wraps its already-ordered output without a reordering copy.
+    from tokenred_sttm.reducer import _reduction
+
+    from tokenred import Reduction
+
+    grid = blocky_video((3, 10, 18), seed=4)
+    tokens = VisualTokens.from_grid(grid.reshape(-1, 8), (3, 10, 18))
+    res = sttm_merge(grid, 0.85, 0.55, MergeOptions())
+    got = _reduction(tokens, res.assignment, res.features, {})
+    want = Reduction.from_assignment(tokens, res.assignment, features=res.features)
+    assert torch.equal(got.assignment, want.assignment)
+    assert torch.equal(got.tokens.features, want.tokens.features)
+    assert torch.equal(got.tokens.sizes, want.tokens.sizes)
+    torch.testing.assert_close(got.tokens.coords, want.tokens.coords)

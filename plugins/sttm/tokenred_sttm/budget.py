@@ -17,9 +17,10 @@ stops at the root level and every nested pair with a positive cosine is an edge;
 * :func:`search` bisects ``lam`` for one video so that the output never exceeds the
   budget and is the largest count seen that fits (the count is a step function of
   ``lam``, almost always non-decreasing).
-* :func:`fit_thresholds` / :func:`calibrate` bisect one ``lam`` for a whole subset
-  of a dataset so that the *average* retained ratio lands at or just below a
-  target, which is how the paper's thresholds were chosen, by hand.
+* :func:`calibrate` (the one calibration entry point, used by
+  ``STTMReducer.calibrate`` and ``tokenred calibrate``) bisects one ``lam`` for a
+  whole subset of a dataset so that the *average* retained ratio lands at or just
+  below a target, which is how the paper's thresholds were chosen, by hand.
 * :func:`merge_adjacent` is the last resort when the budget is below what the tree
   can reach (fewer tokens than root nodes in the first frame): it merges the most
   similar neighbours in output order until the budget is met.
@@ -29,23 +30,36 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
+from torch import Tensor
 
 from tokenred import ConfigError, Reduction
 from tokenred_sttm.merge import (
     Evaluation,
     MergeOptions,
     Prepared,
-    STTMMode,
+    cut,
     evaluate,
+    extend,
+    group,
+    may_pair,
+    pair_similarities,
     prepare,
-    with_tables,
+    with_cache,
 )
-from tokenred_sttm.quadtree import head_dot, unit
+from tokenred_sttm.modes import STTMMode
+from tokenred_sttm.quadtree import (
+    count_nodes,
+    head_dot,
+    node_intervals,
+    partition_at,
+    unit,
+)
 
 if TYPE_CHECKING:
     from tokenred import VisualTokens
@@ -57,6 +71,8 @@ LAMBDA_LOW = -1.0
 """Schedule parameter that merges as much as the tree allows."""
 TAU_T_FLOOR = 1e-3
 """Smallest ``tau_t`` the schedule produces."""
+SCHEDULE_RESOLUTION = 1e-4
+"""Bracket width at which the schedule bisection stops (the fill does the rest)."""
 
 
 class BudgetMode(str, enum.Enum):
@@ -92,50 +108,277 @@ class SearchOutcome:
     """Result of a per-video search.
 
     Attributes:
-        evaluation: The groups at the chosen thresholds.
-        lam: Schedule parameter chosen.
-        evals: Number of STTM evaluations run.
+        evaluation: The groups at the chosen thresholds, after the fill.
+        lam: Schedule parameter of the bracket's fitting end.
+        evals: Number of STTM evaluations run (cuts of the tree).
+        detached: Group members the fill split off into their own tokens.
+        split: Spatial nodes the fill refined into their children.
     """
 
     evaluation: Evaluation
     lam: float
     evals: int
+    detached: int = 0
+    split: int = 0
 
 
-def search(prep: Prepared, budget: int, *, gap: float, iters: int) -> SearchOutcome:
-    """Bisect the schedule for the largest output that fits ``budget``.
+def search(
+    prep: Prepared,
+    budget: int,
+    *,
+    gap: float,
+    iters: int,
+    start: float = 0.85,
+) -> SearchOutcome:
+    """Find the groups of exactly ``budget`` tokens (or as close below as possible).
 
-    When even ``LAMBDA_LOW`` exceeds the budget, its evaluation is returned and the
-    caller must merge further (:func:`merge_adjacent`).
+    Two steps. The *schedule* step brackets ``lam`` from ``start`` (steps of 0.02,
+    doubling, up or down the schedule) and then bisects the bracket (at most
+    ``iters`` steps, fewer once it is narrow) for ``lo < hi`` whose counts fit and
+    exceed the budget; it fixes the balance between the stages. The *fill* then
+    lands on the budget inside the bracket (:func:`fill`). When even ``LAMBDA_LOW``
+    exceeds the budget, its evaluation is returned and the caller must merge
+    further (:func:`merge_adjacent`).
+
+    The quadtree is scored lazily: each step extends the walk to its own ``tau_s``
+    (:func:`tokenred_sttm.merge.extend`), so the search scores no more parents than
+    a fixed-threshold call at ``hi`` would, and pair cosines are cached across
+    steps (:func:`tokenred_sttm.merge.with_cache`).
 
     Args:
-        prep: The prepared video.
+        prep: The prepared video, at any reach.
         budget: Maximum output tokens.
         gap: Schedule gap ``tau_s - tau_t``.
-        iters: Bisection steps after the two end points.
+        iters: Most bisection steps after the bracket is found.
+        start: Schedule parameter tried first (the configured ``tau_s``).
     """
-    hi = lambda_high(gap)
+    top = lambda_high(gap)
     if prep.n_tokens <= budget:
-        return SearchOutcome(evaluate(prep, *schedule(hi, gap)), hi, 1)
-    prep = with_tables(prep)
-    lo = LAMBDA_LOW
-    best = evaluate(prep, *schedule(lo, gap))
-    best_lam, evals = lo, 1
-    if best.n_out > budget:
-        return SearchOutcome(best, best_lam, evals)
+        part = partition_at(
+            torch.full_like(
+                prep.grid[..., 0], prep.lattice.n_levels - 1, dtype=torch.long
+            ),
+            prep.lattice,
+        )
+        rep = torch.arange(part.n_nodes, device=prep.grid.device)
+        tau_s, tau_t = schedule(top, gap)
+        return SearchOutcome(
+            Evaluation(tau_s, tau_t, part, rep, 0, part.n_nodes), top, 0
+        )
+    prep = with_cache(prep)
+    evals = 0
+
+    def run(lam: float) -> Evaluation:
+        nonlocal prep, evals
+        tau_s, tau_t = schedule(lam, gap)
+        prep = extend(prep, tau_s)
+        evals += 1
+        return evaluate(prep, tau_s, tau_t)
+
+    lam = min(max(start, LAMBDA_LOW), top)
+    first = run(lam)
+    step = 0.02
+    if first.n_out <= budget:
+        lo, best, hi = lam, first, top  # the count at ``top`` is N > budget
+        while lo + step < top:
+            ev = run(lo + step)
+            if ev.n_out > budget:
+                hi = lo + step
+                break
+            lo, best = lo + step, ev
+            step *= 2
+    else:
+        hi = lam
+        while True:
+            lam = max(hi - step, LAMBDA_LOW)
+            ev = run(lam)
+            if ev.n_out <= budget:
+                lo, best = lam, ev
+                break
+            if lam == LAMBDA_LOW:  # below the tree's floor
+                return SearchOutcome(ev, lam, evals)
+            hi, step = lam, step * 2
     for _ in range(iters):
-        if best.n_out == budget:
+        if best.n_out == budget or hi - lo < SCHEDULE_RESOLUTION:
             break
         mid = 0.5 * (lo + hi)
-        ev = evaluate(prep, *schedule(mid, gap))
-        evals += 1
+        ev = run(mid)
         if ev.n_out <= budget:
-            lo = mid
-            if ev.n_out >= best.n_out:
-                best, best_lam = ev, mid
+            lo, best = mid, ev
         else:
             hi = mid
-    return SearchOutcome(best, best_lam, evals)
+    if best.n_out == budget:
+        return SearchOutcome(best, lo, evals)
+    prep = extend(prep, hi)  # the fill reads node counts up to ``hi``
+    ev, detached, split = fill(prep, best, hi, budget)
+    return SearchOutcome(ev, lo, evals, detached, split)
+
+
+def fill(
+    prep: Prepared, fits: Evaluation, lam_hi: float, budget: int
+) -> tuple[Evaluation, int, int]:
+    """Refine the groups of a fitting cut until they number exactly ``budget``.
+
+    The partitions of neighbouring thresholds are nested, so the fill refines
+    rather than re-cuts:
+
+    1. *Spatial*: take the coarsest quadtree cut with ``tau_s`` in
+       ``[fits.tau_s, lam_hi]`` that has at least ``budget`` nodes (read off the
+       sorted node intervals, no cut needed).
+    2. *Temporal*: on that partition, raise ``tau_t`` to the highest of the pair
+       cosines (bisection over their sorted values) at which the groups still fit.
+    3. *Detach*: split off the ``budget - count`` group members whose strongest
+       merge is the weakest (ties: earliest node), one token each.
+
+    Without a temporal stage, step 2 and 3 become a spatial refinement: the
+    least-similar nodes of the last fitting cut split into their children, which
+    lands within two tokens. If the temporal stage cannot bring the partition of
+    step 1 under the budget, ``fits`` is detached as far as it allows.
+
+    Returns:
+        The evaluation, the members detached and the nodes split.
+    """
+    low, high = node_intervals(prep.pscores, prep.lattice)
+    taus = _breakpoints(low, high, fits.tau_s, lam_hi)
+    counts = count_nodes(low, high, taus)
+    reached = torch.nonzero(counts >= budget).squeeze(1)
+    if not may_pair(prep) or reached.numel() == 0:
+        return _spatial_fill(prep, fits, taus, counts, budget)
+    tau_s = float(taus[reached[0]])
+    part = fits.part if tau_s == fits.tau_s else cut(prep, tau_s)
+    pairs = pair_similarities(prep, part)
+    recut = _recut(prep, part.n_nodes, pairs, budget)
+    if recut is None:  # the temporal stage cannot bring this cut under budget
+        if fits.pairs is None:
+            return fits, 0, 0
+        part, pairs = fits.part, fits.pairs
+        rep, tau_t, rounds, tau_s = fits.rep, fits.tau_t, fits.rounds, fits.tau_s
+    else:
+        rep, tau_t, rounds = recut
+    rep, detached = _detach(rep, pairs, tau_t, budget)
+    n_out = int((rep == torch.arange(rep.shape[0], device=rep.device)).sum())
+    return Evaluation(tau_s, tau_t, part, rep, rounds, n_out, pairs), detached, 0
+
+
+def _breakpoints(low: Tensor, high: Tensor, start: float, stop: float) -> Tensor:
+    """Return the sorted thresholds in ``[start, stop]`` where the node count moves.
+
+    The count of ``low < tau <= high`` changes just above a ``low`` and just above
+    a ``high``; ``start`` itself is included.
+    """
+    vals = torch.cat([low, high])
+    vals = vals[torch.isfinite(vals)]
+    vals = torch.nextafter(vals, torch.full_like(vals, math.inf))
+    vals = vals[(vals > start) & (vals <= stop)]
+    first = torch.tensor([start], dtype=vals.dtype, device=vals.device)
+    out: Tensor = torch.unique(torch.cat([first, vals]))
+    return out
+
+
+def _recut(
+    prep: Prepared, n: int, pairs: tuple[Tensor, Tensor, Tensor], budget: int
+) -> tuple[Tensor, float, int] | None:
+    """Return ``(rep, tau_t, rounds)`` at the highest ``tau_t`` whose count fits.
+
+    ``tau_t`` runs over the distinct pair cosines of at least ``TAU_T_FLOOR``; each
+    bisection step is one label propagation. None when all of them together still
+    exceed the budget.
+    """
+    sims = pairs[2]
+    vals = torch.unique(sims[sims >= TAU_T_FLOOR]).flip(0)  # descending
+    if n <= budget:
+        return torch.arange(n, device=sims.device), lambda_high(0.0), 0
+    if vals.numel() == 0:
+        return None
+    low, high = -1, vals.numel() - 1  # count(low) > budget, count(high) <= budget
+    rep, rounds, n_out = group(prep, n, pairs, float(vals[high]))
+    if n_out > budget:
+        return None
+    while high - low > 1:
+        mid = (low + high) // 2
+        cand = group(prep, n, pairs, float(vals[mid]))
+        if cand[2] <= budget:
+            high, (rep, rounds, n_out) = mid, cand
+        else:
+            low = mid
+    return rep, float(vals[high]), rounds
+
+
+def _detach(
+    rep: Tensor, pairs: tuple[Tensor, Tensor, Tensor], tau_t: float, budget: int
+) -> tuple[Tensor, int]:
+    """Make group members their own tokens until there are ``budget`` groups.
+
+    A representative is its group's smallest id and no member represents another,
+    so each detached member adds exactly one token. Members go in order of their
+    strongest merge cosine (weakest first), ties by node id.
+    """
+    n = rep.shape[0]
+    idx = torch.arange(n, device=rep.device)
+    members = torch.nonzero(rep != idx).squeeze(1)
+    want = budget - (n - members.shape[0])
+    if want <= 0 or members.numel() == 0:
+        return rep, 0
+    dst, src, sims = pairs
+    edge = sims >= tau_t
+    strength = torch.full((n,), -math.inf, device=rep.device)
+    strength.scatter_reduce_(0, dst[edge], sims[edge], reduce="amax")
+    strength.scatter_reduce_(0, src[edge], sims[edge], reduce="amax")
+    order = members[torch.sort(strength[members], stable=True).indices]
+    chosen = order[:want]
+    rep = rep.clone()
+    rep[chosen] = chosen
+    return rep, int(chosen.shape[0])
+
+
+def _spatial_fill(
+    prep: Prepared, fits: Evaluation, taus: Tensor, counts: Tensor, budget: int
+) -> tuple[Evaluation, int, int]:
+    """Split the least-similar nodes of the last fitting cut toward ``budget``.
+
+    Used without a temporal stage: the count is the node count, which jumps by 1-3
+    (or more on ties) from one breakpoint to the next.
+    """
+    fit = torch.nonzero(counts <= budget).squeeze(1)
+    over = torch.nonzero(counts > budget).squeeze(1)
+    if fit.numel() == 0 or over.numel() == 0 or fits.pairs is not None:
+        return fits, 0, 0
+    tau_a, tau_b = float(taus[fit[-1]]), float(taus[over[0]])
+    part_a, part_b = cut(prep, tau_a), cut(prep, tau_b)
+    n_a = part_a.n_nodes
+    # Nodes of part_b inside each node of part_a (part_b refines part_a).
+    pieces = torch.zeros(n_a, dtype=torch.long, device=part_a.node.device)
+    pieces.index_add_(
+        0,
+        part_a.node[part_b.is_top_left],
+        torch.ones_like(part_a.node[part_b.is_top_left]),
+    )
+    gain = pieces - 1
+    level = part_a.level.reshape(-1)[part_a.tl_index]
+    y, x = part_a.tlbr[:, 1], part_a.tlbr[:, 2]
+    # The score that kept each node whole: lower = less similar, split first.
+    top = max(prep.pscores.shape[0] - 1, 0)
+    score = prep.pscores[level.clamp(max=top), part_a.tlbr[:, 0], y, x]
+    cand = torch.nonzero(gain > 0).squeeze(1)
+    order = cand[torch.sort(score[cand], stable=True).indices]
+    left = budget - n_a
+    n_take = int((torch.cumsum(gain[order], 0) <= left).sum())
+    take, rest = order[:n_take], order[n_take:]
+    left -= int(gain[take].sum())
+    extra = []
+    for g in (1, 2):  # top up with the nodes that add one or two tokens
+        small = rest[gain[rest] == g][: left // g]
+        extra.append(small)
+        left -= g * small.shape[0]
+        rest = rest[gain[rest] != g]
+    chosen = torch.cat([take, *extra])
+    split = torch.zeros(n_a, dtype=torch.bool, device=pieces.device)
+    split[chosen] = True
+    lvl = torch.where(split[part_a.node], part_b.level, part_a.level)
+    part = partition_at(lvl, prep.lattice)
+    rep = torch.arange(part.n_nodes, device=lvl.device)
+    ev = Evaluation(tau_a, fits.tau_t, part, rep, 0, part.n_nodes)
+    return ev, 0, int(chosen.shape[0])
 
 
 def merge_adjacent(tokens: VisualTokens, budget: int) -> Reduction:
@@ -186,7 +429,7 @@ class Calibration:
     ratio: float
 
 
-def fit_thresholds(
+def _fit_schedule(
     token_sets: Sequence[VisualTokens],
     target_ratio: float,
     options: MergeOptions,
@@ -206,7 +449,7 @@ def fit_thresholds(
         average: Per-video mean of ratios, or ratio of totals.
     """
     average = Average(average)
-    preps = [with_tables(prepare(tok.to_grid(), options)) for tok in token_sets]
+    preps = [with_cache(prepare(tok.to_grid(), options)) for tok in token_sets]
     n_in = [p.n_tokens for p in preps]
 
     def ratio(lam: float) -> float:
@@ -266,7 +509,7 @@ def resolve_options(
     )
 
 
-def calibration(
+def calibrate(
     token_sets: Sequence[VisualTokens],
     target_ratio: float,
     config: STTMConfig,
@@ -299,7 +542,7 @@ def calibration(
         msg = "sttm calibrate: token_sets must be original (unreduced) grid tokens"
         raise ConfigError(msg)
     options = resolve_options(config, head_dim, token_sets[0].channels)
-    cal = fit_thresholds(
+    cal = _fit_schedule(
         token_sets,
         target_ratio,
         options,
@@ -317,20 +560,3 @@ def calibration(
         len(token_sets),
     )
     return cal
-
-
-def calibrate(
-    token_sets: Sequence[VisualTokens],
-    target_ratio: float,
-    config: STTMConfig,
-    *,
-    head_dim: int | None = None,
-) -> tuple[float, float]:
-    """Return ``(tau_s, tau_t)`` of :func:`calibration`.
-
-    The runner (``tokenred calibrate``) or a notebook calls this on the original
-    visual tokens of a few videos, then runs ``sttm`` in ``budget_mode=threshold``
-    with the result, as the paper did by hand.
-    """
-    cal = calibration(token_sets, target_ratio, config, head_dim=head_dim)
-    return cal.tau_s, cal.tau_t

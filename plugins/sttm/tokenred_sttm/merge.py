@@ -1,9 +1,12 @@
 """The STTM pipeline as pure tensor functions: prepare once, cut at any thresholds.
 
 :func:`prepare` does everything that does not depend on the thresholds (the feature
-pyramid and every parent's stop score); :func:`evaluate` cuts the quadtree at
-``tau_s`` and runs the temporal stage at ``tau_t``; :func:`finalize` averages the
-groups. The budget search calls :func:`evaluate` repeatedly on one preparation.
+pyramid and the stop scores: of the parents a walk at ``reach`` visits, or of all of
+them for the search); :func:`evaluate` cuts the quadtree at ``tau_s`` and runs the
+temporal stage at ``tau_t``; :func:`finalize` averages the groups. The budget search
+calls :func:`evaluate` repeatedly on one preparation with a pair-cosine cache
+(:func:`with_cache`). Where the two modes differ, the functions read
+:class:`tokenred_sttm.modes.Rules` instead of branching on the mode.
 
 Deviations from reference (besides those listed in :mod:`tokenred_sttm.quadtree`
 and :mod:`tokenred_sttm.temporal`):
@@ -16,12 +19,13 @@ and :mod:`tokenred_sttm.temporal`):
 from __future__ import annotations
 
 import dataclasses
-import enum
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from tokenred_sttm.modes import Rules, STTMMode, rules_of
 from tokenred_sttm.quadtree import (
     Lattice,
     Partition,
@@ -33,23 +37,28 @@ from tokenred_sttm.quadtree import (
     stop_scores,
 )
 from tokenred_sttm.temporal import (
-    PairTables,
     aggregate,
-    build_pair_tables,
     candidate_pairs,
-    pair_similarity,
+    finest_pair_cosines,
+    n_pair_keys,
+    pair_cosines,
+    pair_keys,
     propagate,
-    table_pairs,
 )
 
-
-class STTMMode(str, enum.Enum):
-    """Which behaviour STTM follows."""
-
-    REFERENCE = "reference"
-    """The authors' code, quirks included (reproduces published numbers)."""
-    FIXED = "fixed"
-    """Masked border slots, full connected components, area-weighted means."""
+__all__ = [
+    "Evaluation",
+    "MergeOptions",
+    "Prepared",
+    "STTMMode",
+    "STTMResult",
+    "evaluate",
+    "extend",
+    "finalize",
+    "prepare",
+    "sttm_merge",
+    "with_cache",
+]
 
 
 @dataclass(frozen=True)
@@ -72,32 +81,43 @@ class MergeOptions:
     head_dim: int | None = None
     weighted: bool = False
 
+    @property
+    def rules(self) -> Rules:
+        """The mode's behaviour rules."""
+        return rules_of(self.reference)
+
 
 @dataclass(frozen=True)
 class Prepared:
-    """One video ready to be cut at any thresholds.
+    """One video ready to be cut at any thresholds up to ``reach``.
 
     Attributes:
         grid: ``[T, H, W, C]`` input features.
         lattice: The quadtree levels used.
         levels: Level features, root first (the finest is ``grid``).
-        pscores: ``[L-1, T, H, W]`` stop score of each patch's ancestor per level.
+        pscores: ``[L-1, T, H, W]`` stop score of each patch's ancestor per level
+            (NaN where the walk up to ``reach`` never scores it).
+        scores: The per-level stop scores ``[T, h, w]`` behind ``pscores``.
         options: The switches.
-        tables: Every potential temporal pair's cosine (see :func:`with_tables`),
-            or None to compute the cosines of each cut directly.
+        reach: Largest ``tau_s`` the scores serve (None: any).
+        cache: ``[K]`` float32 pair cosines by :func:`pair_keys` key, NaN where not
+            yet computed, or None to compute each cut's cosines afresh.
     """
 
     grid: Tensor
     lattice: Lattice
     levels: list[Tensor]
     pscores: Tensor
+    scores: list[Tensor]
     options: MergeOptions
-    tables: PairTables | None = None
+    reach: float | None = None
+    cache: Tensor | None = None
 
     @property
     def level_dtype(self) -> torch.dtype:
         """Dtype of pooled levels and accumulators (model dtype in reference mode)."""
-        return self.grid.dtype if self.options.reference else torch.float32
+        dtype: torch.dtype = self.options.rules.level_dtype(self.grid.dtype)
+        return dtype
 
     @property
     def n_tokens(self) -> int:
@@ -117,6 +137,8 @@ class Evaluation:
         rep: ``[Nn]`` representative node of each node.
         rounds: Label-propagation rounds (0 without a temporal stage).
         n_out: Number of groups (output tokens).
+        pairs: ``(dst, src, sims)`` of the candidate pairs, or None when the
+            temporal stage did not run.
     """
 
     tau_s: float
@@ -125,6 +147,7 @@ class Evaluation:
     rep: Tensor
     rounds: int
     n_out: int
+    pairs: tuple[Tensor, Tensor, Tensor] | None = None
 
 
 @dataclass(frozen=True)
@@ -148,35 +171,88 @@ class STTMResult:
     rounds: int
 
 
-def prepare(grid: Tensor, options: MergeOptions) -> Prepared:
-    """Build the pyramid and the stop scores of a ``[T, H, W, C]`` video."""
+def prepare(
+    grid: Tensor, options: MergeOptions, reach: float | None = None
+) -> Prepared:
+    """Build the pyramid and the stop scores of a ``[T, H, W, C]`` video.
+
+    Args:
+        grid: ``[T, H, W, C]`` features.
+        options: The switches.
+        reach: Largest ``tau_s`` that will be cut: only the parents the quadtree
+            walk reaches at that threshold are scored (what the reference's walk
+            touches). None scores every parent, for the budget search.
+    """
+    grid = grid.contiguous()  # strided inputs would make every gather slow
     t, h, w, _ = grid.shape
+    rules = options.rules
     lattice = build_lattice(
         h,
         w,
         options.root_level,
         spatial=options.spatial,
-        reference=options.reference,
+        reference=rules.width_one_is_flat,
         device=grid.device,
     )
-    dtype = grid.dtype if options.reference else torch.float32
+    dtype = rules.level_dtype(grid.dtype)
     levels = build_pyramid(grid, lattice, sums=options.weighted, dtype=dtype)
-    scores = stop_scores(levels, options.head_dim, reference=options.reference)
+    scores = stop_scores(
+        levels,
+        lattice,
+        options.head_dim,
+        read_missing=rules.read_missing_slots,
+        reach=reach,
+    )
     pscores = patch_scores(scores, lattice, t)
-    return Prepared(grid, lattice, levels, pscores, options)
+    return Prepared(grid, lattice, levels, pscores, scores, options, reach)
 
 
-def with_tables(prep: Prepared) -> Prepared:
-    """Precompute the temporal pair tables, for callers that evaluate many cuts.
+def extend(prep: Prepared, reach: float | None) -> Prepared:
+    """Return ``prep`` able to serve thresholds up to ``reach`` (None: any).
 
-    Costs about ``2L - 1`` passes over the video (L levels) once, after which each
-    :func:`evaluate` does no feature arithmetic in the temporal stage; a no-op when
-    the temporal stage cannot run.
+    Scores only the parents that the walk reaches at ``reach`` but did not at the
+    old reach, so a search that raises its threshold step by step pays for the
+    parents it needs and no more.
     """
-    if prep.tables is not None or not prep.options.temporal or prep.grid.shape[0] < 2:
+    if prep.reach is None or (reach is not None and reach <= prep.reach):
         return prep
-    tables = build_pair_tables(prep.levels, prep.lattice, prep.options.head_dim)
-    return dataclasses.replace(prep, tables=tables)
+    rules = prep.options.rules
+    scores = stop_scores(
+        prep.levels,
+        prep.lattice,
+        prep.options.head_dim,
+        read_missing=rules.read_missing_slots,
+        reach=reach,
+        known=prep.scores,
+    )
+    pscores = patch_scores(scores, prep.lattice, prep.grid.shape[0])
+    return dataclasses.replace(prep, pscores=pscores, scores=scores, reach=reach)
+
+
+def with_cache(prep: Prepared) -> Prepared:
+    """Attach an empty pair-cosine cache, for callers that evaluate many cuts.
+
+    The cache holds one float32 per possible nested pair (about ``2L - 1`` times
+    the patch count); each cut then computes only the pairs no earlier cut met.
+    When a cut misses many pairs of two finest patches, the whole block of those is
+    filled at once by one streaming pass over the frames (no gathers).
+    """
+    if prep.cache is not None or not may_pair(prep):
+        return prep
+    size = n_pair_keys(prep.lattice, prep.grid.shape[0])
+    cache = torch.full((size,), math.nan, device=prep.grid.device)
+    return dataclasses.replace(prep, cache=cache)
+
+
+def _finest_block(prep: Prepared) -> int:
+    """First key of the pairs of two finest patches (the last key block)."""
+    t, h, w, _ = prep.grid.shape
+    first: int = n_pair_keys(prep.lattice, t) - (t - 1) * h * w
+    return first
+
+
+def may_pair(prep: Prepared) -> bool:
+    return prep.options.temporal and prep.grid.shape[0] >= 2
 
 
 def temporal_active(prep: Prepared, tau_t: float) -> bool:
@@ -185,32 +261,78 @@ def temporal_active(prep: Prepared, tau_t: float) -> bool:
     It is skipped when no cosine can reach ``tau_t`` (above 1 plus rounding), which
     changes no result and saves the pair cosines.
     """
-    opts = prep.options
-    if not opts.temporal or prep.grid.shape[0] < 2 or tau_t > 1.0 + 1e-3:
+    if not may_pair(prep) or tau_t > 1.0 + 1e-3:
         return False
-    return not (opts.reference and tau_t <= 0)
+    return not prep.options.rules.temporal_off(tau_t)
+
+
+def cut(prep: Prepared, tau_s: float) -> Partition:
+    """Cut the quadtree at ``tau_s`` (within the preparation's reach)."""
+    if prep.reach is not None and tau_s > prep.reach:
+        msg = f"tau_s={tau_s} exceeds the preparation's reach {prep.reach}"
+        raise ValueError(msg)
+    return partition(prep.pscores, prep.lattice, tau_s)
+
+
+def pair_similarities(prep: Prepared, part: Partition) -> tuple[Tensor, Tensor, Tensor]:
+    """Return ``(dst, src, sims)`` of the partition's nested pairs.
+
+    Cosines come from the cache where an earlier cut computed them.
+    """
+    dst, src = candidate_pairs(part)
+    opts = prep.options
+    if prep.cache is None:
+        sims = pair_cosines(
+            prep.levels, prep.lattice, part, dst, src, opts.head_dim, prep.level_dtype
+        )
+        return dst, src, sims
+    keys = pair_keys(part, prep.lattice)
+    sims = prep.cache[keys]
+    miss = torch.nonzero(torch.isnan(sims)).squeeze(1)
+    start = _finest_block(prep)
+    finest_missing = int((keys[miss] >= start).sum())
+    if 4 * finest_missing > prep.cache.shape[0] - start:
+        prep.cache[start:] = finest_pair_cosines(prep.grid, opts.head_dim)
+        sims = prep.cache[keys]
+        miss = torch.nonzero(torch.isnan(sims)).squeeze(1)
+    if miss.numel():
+        fresh = pair_cosines(
+            prep.levels,
+            prep.lattice,
+            part,
+            dst[miss],
+            src[miss],
+            opts.head_dim,
+            prep.level_dtype,
+        )
+        sims[miss] = fresh
+        prep.cache[keys[miss]] = fresh
+    return dst, src, sims
+
+
+def group(
+    prep: Prepared, n: int, pairs: tuple[Tensor, Tensor, Tensor], tau_t: float
+) -> tuple[Tensor, int, int]:
+    """Merge nodes whose pair cosine reaches ``tau_t``: ``(rep, rounds, n_out)``."""
+    dst, src, sims = pairs
+    edge = sims >= tau_t
+    rep, rounds = propagate(
+        dst[edge], src[edge], n, exhaustive=not prep.options.rules.early_stop
+    )
+    n_out = int((rep == torch.arange(n, device=rep.device)).sum())
+    return rep, rounds, n_out
 
 
 def evaluate(prep: Prepared, tau_s: float, tau_t: float) -> Evaluation:
     """Cut the quadtree at ``tau_s`` and merge across frames at ``tau_t``."""
-    part = partition(prep.pscores, prep.lattice, tau_s)
+    part = cut(prep, tau_s)
     n = part.n_nodes
-    rep = torch.arange(n, device=prep.grid.device)
     if not temporal_active(prep, tau_t):
+        rep = torch.arange(n, device=prep.grid.device)
         return Evaluation(tau_s, tau_t, part, rep, 0, n)
-    if prep.tables is not None:
-        dst, src, sims = table_pairs(prep.tables, part, prep.lattice)
-    else:
-        feats = node_features(prep.levels, prep.lattice, part, prep.level_dtype)
-        dst, src = candidate_pairs(part)
-        sims = pair_similarity(feats, dst, src, prep.options.head_dim, owned=True)
-        del feats
-    edge = sims >= tau_t
-    rep, rounds = propagate(
-        dst[edge], src[edge], n, exhaustive=not prep.options.reference
-    )
-    n_out = int((rep == torch.arange(n, device=rep.device)).sum())
-    return Evaluation(tau_s, tau_t, part, rep, rounds, n_out)
+    pairs = pair_similarities(prep, part)
+    rep, rounds, n_out = group(prep, n, pairs, tau_t)
+    return Evaluation(tau_s, tau_t, part, rep, rounds, n_out, pairs)
 
 
 def finalize(prep: Prepared, ev: Evaluation) -> STTMResult:
@@ -218,13 +340,19 @@ def finalize(prep: Prepared, ev: Evaluation) -> STTMResult:
     part = ev.part
     node_area = part.area.reshape(-1)[part.tl_index]
     weights = node_area if prep.options.weighted else torch.ones_like(node_area)
-    node_feats = node_features(prep.levels, prep.lattice, part, prep.level_dtype)
+
+    def gather(ids: Tensor) -> Tensor:
+        dtype = prep.level_dtype
+        feats: Tensor = node_features(prep.levels, prep.lattice, part, dtype, ids)
+        return feats
+
     feats, keep = aggregate(
-        node_feats,
+        gather,
         weights,
         ev.rep,
         acc_dtype=prep.level_dtype,
         out_dtype=prep.grid.dtype,
+        stepwise=prep.options.rules.model_dtype,
     )
     out_index = torch.full_like(ev.rep, -1)
     out_index[keep] = torch.arange(keep.shape[0], device=keep.device)
@@ -245,6 +373,8 @@ def sttm_merge(
 ) -> STTMResult:
     """Run STTM once on a ``[T, H, W, C]`` video at fixed thresholds.
 
+    Only the parents the quadtree walk reaches at ``tau_s`` are scored.
+
     Args:
         grid: ``[T, H, W, C]`` features (projector outputs or hidden states).
         tau_s: Spatial threshold: a node is kept when its cosine to every child
@@ -253,5 +383,5 @@ def sttm_merge(
             cosine reaches it.
         options: Switches; defaults to the paper's setup in reference mode.
     """
-    prep = prepare(grid, options or MergeOptions())
+    prep = prepare(grid, options or MergeOptions(), reach=tau_s)
     return finalize(prep, evaluate(prep, tau_s, tau_t))

@@ -9,12 +9,13 @@ parents; an odd axis makes its first parent a 1-wide border (child ``0`` alone) 
 pairs the rest (``[1, 2], [3, 4], ...``). A node is kept, and its subtree pruned, when
 its cosine similarity to each of its children reaches ``tau_s``.
 
-Instead of the reference's walk over the live nodes, every parent's *stop score*
-(the minimum similarity to its children) is computed densely once per level. Those
-scores do not depend on ``tau_s``, so the budget search re-partitions a video with a
-single comparison: a patch belongs to the first level, root first, whose ancestor
-score reaches ``tau_s`` (a node is reachable exactly when none of its ancestors
-stopped).
+Each parent's *stop score* is its minimum similarity to its children. A patch
+belongs to the first level, root first, whose ancestor score reaches ``tau_s`` (a
+node is reachable exactly when none of its ancestors stopped). For fixed thresholds
+only the parents that the walk reaches are scored, like the reference's walk over
+the live nodes; the budget search scores them all once, after which re-partitioning
+at any ``tau_s`` is a single comparison, and the node count at any ``tau_s`` can be
+read off the sorted node intervals (:func:`node_intervals`).
 
 Deviations from reference:
     * ``reference`` mode keeps the two quirks that shape the published numbers: the
@@ -39,7 +40,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 SPATIAL_EPS = 1e-8
@@ -157,25 +157,42 @@ def build_lattice(
 def _pool(x: Tensor, *, sums: bool, dtype: torch.dtype) -> Tensor:
     """Pool one level into its parents: means (or sums) of 1, 2 or 4 children.
 
+    Strided sums straight into the result: no padded copy, one fresh tensor. Each
+    2x2 window is summed in the order ``((x00 + x01) + x10) + x11`` and then divided
+    by the child count, which is bit-identical to ``avg_pool2d`` (and to zero-padding
+    an odd axis in front, which the reference's pooling amounts to).
+
     Args:
         x: ``[T, h, w, C]`` child level.
         sums: Return sums instead of means (the area-weighted pyramid).
         dtype: Dtype of the result (each level is rounded once, as the reference
             rounds its model-dtype pooling).
     """
-    h, w = x.shape[1], x.shape[2]
-    # [T, h, w, C] -> [T, C, h, w] (a channels-last view, no copy)
-    xc = x.permute(0, 3, 1, 2).float()
-    # Zero rows/columns in front of an odd axis turn its 1-wide border into a
-    # 2-wide window; adding zeros first keeps the sums bit-identical.
-    xc = F.pad(xc, (w % 2, 0, h % 2, 0))
-    out = F.avg_pool2d(xc, kernel_size=2, stride=2, divisor_override=1)
+    t, h, w, c = x.shape
+    oy, ox = h % 2, w % 2  # an odd axis starts with a 1-wide border
+    xf = x.float()
+    out = xf.new_empty(t, (h + oy) // 2, (w + ox) // 2, c)
+    # [T, h', w', C] -> [T, h'/2, 2, w'/2, 2, C] (views of the paired part)
+    pairs = xf[:, oy:, ox:].unflatten(1, (-1, 2)).unflatten(3, (-1, 2))
+    inner = out[:, oy:, ox:]
+    torch.add(pairs[:, :, 0, :, 0], pairs[:, :, 0, :, 1], out=inner)
+    inner += pairs[:, :, 1, :, 0]
+    inner += pairs[:, :, 1, :, 1]
+    if oy:  # top border row: pairs of columns
+        row = xf[:, 0, ox:].unflatten(1, (-1, 2))  # [T, w'/2, 2, C]
+        torch.add(row[:, :, 0], row[:, :, 1], out=out[:, 0, ox:])
+    if ox:  # left border column: pairs of rows
+        col = xf[:, oy:, 0].unflatten(1, (-1, 2))  # [T, h'/2, 2, C]
+        torch.add(col[:, :, 0], col[:, :, 1], out=out[:, oy:, 0])
+    if oy and ox:
+        out[:, 0, 0] = xf[:, 0, 0]
     if not sums:
-        rows = torch.bincount(parent_index(h, x.device)).to(torch.float32)
-        cols = torch.bincount(parent_index(w, x.device)).to(torch.float32)
-        out = out / (rows[:, None] * cols[None, :])
-    # [T, C, h', w'] -> [T, h', w', C]
-    return out.permute(0, 2, 3, 1).to(dtype).contiguous()
+        inner.div_(4)
+        if oy:
+            out[:, 0, ox:].div_(2)
+        if ox:
+            out[:, oy:, 0].div_(2)
+    return out.to(dtype)
 
 
 def build_pyramid(
@@ -235,76 +252,134 @@ def head_dot(prod: Tensor, head_dim: int | None) -> Tensor:
     return out
 
 
-def _slot_valid(n_child: int, n_parent: int, device: torch.device) -> Tensor:
-    """Return ``[n_parent, 2]`` whether each child slot exists along one axis."""
-    valid = torch.ones(n_parent, 2, dtype=torch.bool, device=device)
-    if n_child % 2:
-        valid[0, 0] = False  # the zero-padded slot in front of the 1-wide border
-    return valid
+CHUNK_BYTES = 1 << 22
+"""Float32 bytes of child rows scored at once: small enough to stay in cache."""
 
 
-def _level_scores(
+def chunk_rows(channels: int, per_row: int = 1) -> int:
+    """Rows of ``per_row`` vectors of width ``channels`` that fit one chunk."""
+    return max(1, CHUNK_BYTES // (4 * channels * per_row))
+
+
+def _child_slots(
+    idx: Tensor, parent_hw: tuple[int, int], child_hw: tuple[int, int]
+) -> tuple[Tensor, Tensor]:
+    """Return the flat child index ``[n, 4]`` of parents ``idx`` and slot validity.
+
+    Slots are ordered TL, TR, BL, BR. On an odd child axis the first parent has a
+    single child (slot 1 along that axis); its slot 0 does not exist and is given the
+    index of the child at ``(t, 0, 0)``, which is what the reference reads there.
+    """
+    h, w = parent_hw
+    hc, wc = child_hw
+    t, rem = idx // (h * w), idx % (h * w)
+    two = torch.arange(2, device=idx.device)
+    ky = 2 * (rem // w)[:, None] + two - hc % 2  # [n, 2] child rows
+    kx = 2 * (rem % w)[:, None] + two - wc % 2  # [n, 2] child columns
+    valid = (ky >= 0)[:, :, None] & (kx >= 0)[:, None, :]  # [n, 2, 2]
+    flat = (t[:, None, None] * hc + ky[:, :, None]) * wc + kx[:, None, :]
+    corner = (t * hc * wc)[:, None, None].expand_as(flat)
+    flat = torch.where(valid, flat, corner)
+    return flat.reshape(-1, 4), valid.reshape(-1, 4)
+
+
+def score_parents(
     parent: Tensor,
     child: Tensor,
+    idx: Tensor,
     head_dim: int | None,
-    reference: bool,
-    child_score: Tensor | None,
+    *,
+    read_missing: bool,
 ) -> Tensor:
-    """Return ``[T, h, w]`` each parent's minimum similarity to its children.
+    """Return ``[n]`` the stop scores of the level-``parent`` nodes ``idx``.
+
+    A score is the minimum cosine of the parent to its child slots. Children are
+    gathered in cache-sized chunks, so only the parents asked for are read and no
+    whole-level copy is made.
 
     Args:
         parent: ``[T, h, w, C]`` parent level.
         child: ``[T, h', w', C]`` child level.
+        idx: ``[n]`` flat indices of the parents to score.
         head_dim: Per-head similarity width, or None for the whole vector.
-        reference: Let missing odd-border slots read the child at ``(t, 0, 0)``.
-        child_score: ``[T, h', w']`` scores of the child level (None when it is the
-            finest); a single-child parent defers to it in fixed mode.
+        read_missing: Missing odd-border slots read the child at ``(t, 0, 0)`` (the
+            reference); otherwise they are left out, and a parent with a single
+            child scores ``-inf`` so that the child (the same region) decides.
     """
-    t, h, w, c = parent.shape
-    _, hc, wc, _ = child.shape
-    up = unit(parent, head_dim, temporal=False)
-    uc = unit(child, head_dim, temporal=False)  # a fresh tensor: safe to overwrite
-    # Missing slots read the child at (t, 0, 0) in reference mode.
-    corner = head_dot(up * uc[:, :1, :1, :], head_dim) if reference else None
-    if hc % 2 or wc % 2:
-        uc = F.pad(uc, (0, 0, wc % 2, 0, hc % 2, 0))  # padded slots are zero
-    # [T, 2h, 2w, C] -> [T, h, 2, w, 2, C]
-    prod = uc.reshape(t, h, 2, w, 2, c)
-    prod.mul_(up[:, :, None, :, None, :])
-    sims = head_dot(prod, head_dim)  # [T, h, 2, w, 2]
-    del prod, uc
-    vy = _slot_valid(hc, h, parent.device)
-    vx = _slot_valid(wc, w, parent.device)
-    valid = vy[:, :, None, None] & vx[None, None, :, :]  # [h, 2, w, 2]
-    score = sims.masked_fill(~valid, math.inf).amin(dim=(2, 4))  # [T, h, w]
-    missing = ~valid.all(dim=3).all(dim=1)  # [h, w] parents with a missing slot
-    if corner is not None:  # [T, h, w]
-        return torch.where(missing, torch.minimum(score, corner), score)
-    if child_score is not None:
-        single = valid.sum(dim=(1, 3)) == 1  # [h, w]
-        # The lone child sits at the parent's first row/column of the child level.
-        first_y = torch.clamp(2 * torch.arange(h, device=parent.device) - hc % 2, 0)
-        first_x = torch.clamp(2 * torch.arange(w, device=parent.device) - wc % 2, 0)
-        deferred = child_score[:, first_y][:, :, first_x]
-        return torch.where(single, deferred, score)
-    return score
+    _, h, w, c = parent.shape
+    slots, valid = _child_slots(idx, (h, w), (child.shape[1], child.shape[2]))
+    pflat, cflat = parent.reshape(-1, c), child.reshape(-1, c)
+    out = torch.empty(idx.shape[0], device=parent.device)
+    step = chunk_rows(c, 5)
+    for lo in range(0, idx.shape[0], step):
+        hi = min(lo + step, idx.shape[0])
+        # [m*4, C] -> [m, 4, C]: fresh gathers, normalised in place
+        rows = cflat.index_select(0, slots[lo:hi].reshape(-1))
+        uc = unit(rows, head_dim, temporal=False, owned=True).reshape(hi - lo, 4, c)
+        rows = pflat.index_select(0, idx[lo:hi])
+        up = unit(rows, head_dim, temporal=False, owned=True)
+        sims = head_dot(uc.mul_(up[:, None, :]), head_dim)  # [m, 4]
+        if not read_missing:
+            sims = sims.masked_fill(~valid[lo:hi], math.inf)
+        out[lo:hi] = sims.amin(dim=1)
+    if not read_missing:
+        single = valid.sum(dim=1) == 1
+        out = out.masked_fill(single, -math.inf)
+    return out
 
 
 def stop_scores(
-    levels: list[Tensor], head_dim: int | None, *, reference: bool
+    levels: list[Tensor],
+    lattice: Lattice,
+    head_dim: int | None,
+    *,
+    read_missing: bool,
+    reach: float | None = None,
+    known: list[Tensor] | None = None,
 ) -> list[Tensor]:
     """Return each non-finest level's stop scores ``[T, h, w]``, root first.
 
     A parent stops (is kept whole) at threshold ``tau_s`` when its score is at least
-    ``tau_s``. The scores do not depend on the threshold.
+    ``tau_s``. The scores do not depend on the threshold, but only the parents that
+    the walk can reach need one: with ``reach`` set, a parent below an ancestor
+    whose score reaches ``reach`` is never visited for any ``tau_s <= reach`` and is
+    left unscored (NaN; it is never read for such ``tau_s``). ``reach=None`` scores
+    every parent.
+
+    Args:
+        levels: Level features, root first.
+        lattice: The levels' geometry.
+        head_dim: Per-head similarity width, or None.
+        read_missing: See :func:`score_parents`.
+        reach: Largest ``tau_s`` the scores must serve, or None for all.
+        known: Scores from an earlier call with a smaller ``reach``; only the
+            parents they leave unscored and the walk now reaches are scored.
     """
+    t = levels[0].shape[0]
+    dev = levels[0].device
     scores: list[Tensor] = []
-    child_score: Tensor | None = None
-    for lvl in range(len(levels) - 2, -1, -1):
-        child_score = _level_scores(
-            levels[lvl], levels[lvl + 1], head_dim, reference, child_score
-        )
-        scores.insert(0, child_score)
+    alive: Tensor | None = None  # [T, h, w] parents the walk reaches
+    for lvl in range(len(levels) - 1):
+        h, w = lattice.sizes[lvl]
+        if known is None:
+            score = torch.full((t, h, w), math.nan, device=dev)
+        else:
+            score = known[lvl].clone()
+        todo = torch.isnan(score)
+        if alive is not None:
+            todo &= alive
+        idx = torch.nonzero(todo.reshape(-1)).squeeze(1)
+        if idx.numel():
+            score.view(-1)[idx] = score_parents(
+                levels[lvl], levels[lvl + 1], idx, head_dim, read_missing=read_missing
+            )
+        scores.append(score)
+        go_on = score < reach if reach is not None else torch.ones_like(todo)
+        if alive is not None:
+            go_on &= alive
+        hc, wc = lattice.sizes[lvl + 1]
+        py, px = parent_index(hc, dev), parent_index(wc, dev)
+        alive = go_on[:, py][:, :, px]  # [T, h', w']
     return scores
 
 
@@ -349,6 +424,21 @@ class Partition:
         return int(self.tl_index.shape[0])
 
 
+def stop_levels(pscores: Tensor, n_levels: int, tau_s: float) -> Tensor:
+    """Return ``[T, H, W]`` the level each patch's node is kept at for ``tau_s``.
+
+    A patch joins its first ancestor, root first, whose score reaches ``tau_s``.
+    """
+    if n_levels == 1:
+        return torch.zeros(pscores.shape[1:], dtype=torch.long, device=pscores.device)
+    lvl = torch.zeros(pscores.shape[1:], dtype=torch.long, device=pscores.device)
+    going = torch.ones(pscores.shape[1:], dtype=torch.bool, device=pscores.device)
+    for score in pscores:  # [T, H, W] per level, root first
+        going &= score < tau_s
+        lvl += going
+    return lvl
+
+
 def partition(pscores: Tensor, lattice: Lattice, tau_s: float) -> Partition:
     """Cut the quadtree at ``tau_s``: each patch joins its first stopping ancestor.
 
@@ -357,15 +447,16 @@ def partition(pscores: Tensor, lattice: Lattice, tau_s: float) -> Partition:
         lattice: The levels.
         tau_s: Spatial threshold.
     """
-    n_lv = lattice.n_levels
-    _, t, h, w = pscores.shape
-    dev = pscores.device
-    if n_lv == 1:
-        lvl = torch.zeros(t, h, w, dtype=torch.long, device=dev)
-    else:
-        ok = pscores >= tau_s  # [L-1, T, H, W]
-        first = ok.to(torch.uint8).argmax(dim=0)  # first stopping level
-        lvl = torch.where(ok.any(dim=0), first, n_lv - 1)
+    return partition_at(stop_levels(pscores, lattice.n_levels, tau_s), lattice)
+
+
+def partition_at(lvl: Tensor, lattice: Lattice) -> Partition:
+    """Build the partition whose patches are kept at levels ``lvl [T, H, W]``.
+
+    ``lvl`` must be constant over each node it names (as :func:`stop_levels` is).
+    """
+    t, h, w = lvl.shape
+    dev = lvl.device
     yy = torch.arange(h, device=dev)[None, :, None].expand(t, h, w)
     xx = torch.arange(w, device=dev)[None, None, :].expand(t, h, w)
     y0, y1 = lattice.start_y[lvl, yy], lattice.end_y[lvl, yy]
@@ -391,19 +482,69 @@ def partition(pscores: Tensor, lattice: Lattice, tau_s: float) -> Partition:
 
 
 def node_features(
-    levels: list[Tensor], lattice: Lattice, part: Partition, dtype: torch.dtype
+    levels: list[Tensor],
+    lattice: Lattice,
+    part: Partition,
+    dtype: torch.dtype,
+    ids: Tensor | None = None,
 ) -> Tensor:
-    """Return ``[Nn, C]`` the level feature of every node, in node order."""
+    """Return ``[n, C]`` the level feature of nodes ``ids`` (default: all, in order)."""
     c = levels[-1].shape[-1]
-    lvl = part.level.reshape(-1)[part.tl_index]
-    t, y0, x0 = part.tlbr[:, 0], part.tlbr[:, 1], part.tlbr[:, 2]
-    out = levels[-1].new_empty(part.n_nodes, c, dtype=dtype)
+    tl = part.tl_index if ids is None else part.tl_index[ids]
+    box = part.tlbr if ids is None else part.tlbr[ids]
+    lvl = part.level.reshape(-1)[tl]
+    t, y0, x0 = box[:, 0], box[:, 1], box[:, 2]
+    out = levels[-1].new_empty(tl.shape[0], c, dtype=dtype)
     for i, feats in enumerate(levels):
         sel = torch.nonzero(lvl == i).squeeze(1)
+        if sel.numel() == 0:
+            continue
         h, w = feats.shape[1], feats.shape[2]
         ay = lattice.anc_y[i][y0[sel]]
         ax = lattice.anc_x[i][x0[sel]]
         # [T, h, w, C] -> [T*h*w, C]
-        rows = feats.reshape(-1, c).index_select(0, (t[sel] * h + ay) * w + ax)
-        out.index_copy_(0, sel, rows.to(dtype))
+        src = (t[sel] * h + ay) * w + ax
+        flat = feats.reshape(-1, c)
+        step = chunk_rows(c)  # cache-sized pieces: the temporary stays in cache
+        for lo in range(0, sel.shape[0], step):
+            rows = flat.index_select(0, src[lo : lo + step])
+            out.index_copy_(0, sel[lo : lo + step], rows.to(dtype))
     return out
+
+
+def node_intervals(pscores: Tensor, lattice: Lattice) -> tuple[Tensor, Tensor]:
+    """Return ``(low, high)``: each tree node is kept for ``low < tau_s <= high``.
+
+    One entry per node of every level (at its top-left patch): ``low`` is the
+    highest score among its ancestors (a node is reached while none of them stops)
+    and ``high`` its own score (``inf`` at the finest level, where every reached
+    node is kept). The spatial node count at any ``tau_s`` is then the number of
+    intervals holding it, which the budget search reads off two sorted arrays
+    without cutting the tree (see :func:`count_nodes`).
+    """
+    n_lv = lattice.n_levels
+    _, t, h, w = pscores.shape
+    dev = pscores.device
+    inf = torch.full((1, t, h, w), math.inf, device=dev)
+    # Unscored parents (NaN) lie below a node that stops at every threshold served.
+    scored = pscores.nan_to_num(nan=-math.inf)
+    high = torch.cat([scored, inf])  # [L, T, H, W]
+    low = torch.cat([-inf, scored]).cummax(dim=0).values[:n_lv]
+    yy, xx = torch.arange(h, device=dev), torch.arange(w, device=dev)
+    tl_y = lattice.start_y == yy  # [L, H]
+    tl_x = lattice.start_x == xx  # [L, W]
+    tl = (tl_y[:, :, None] & tl_x[:, None, :])[:, None].expand(n_lv, t, h, w)
+    return low[tl], high[tl]
+
+
+def count_nodes(low: Tensor, high: Tensor, taus: Tensor) -> Tensor:
+    """Return ``[K]`` the spatial node count at each threshold of ``taus``.
+
+    Counts the intervals ``low < tau <= high`` of :func:`node_intervals`, as
+    ``#{high >= tau} - #{min(low, high) >= tau}``.
+    """
+    hs = torch.sort(high).values
+    ms = torch.sort(torch.minimum(low, high)).values
+    above_h = hs.shape[0] - torch.searchsorted(hs, taus, right=False)
+    above_m = ms.shape[0] - torch.searchsorted(ms, taus, right=False)
+    return above_h - above_m

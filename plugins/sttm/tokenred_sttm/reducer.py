@@ -11,10 +11,12 @@ Deviations from reference (details in the algorithm modules and the docs page):
       model-dtype accumulation; ``fixed`` masks the slots, merges full connected
       components and (by default) averages by area in float32.
     * Budgets: the paper tunes thresholds by hand. ``budget_mode=search`` bisects a
-      one-parameter threshold schedule per video; ``threshold`` uses the given
-      thresholds and only searches when they exceed ``ctx.budget``; budgets below
-      the tree's floor are met by merging adjacent outputs. :func:`calibrate` fits
-      thresholds for an average ratio on a subset of a dataset.
+      one-parameter threshold schedule per video, then fills exactly to the budget
+      by refining the chosen cut (see :func:`tokenred_sttm.budget.fill`);
+      ``threshold`` uses the given thresholds and only searches when they exceed
+      ``ctx.budget``; budgets below the tree's floor are met by merging adjacent
+      outputs. :func:`calibrate` fits thresholds for an average ratio on a subset
+      of a dataset.
     * Any grid (T=1, odd, non-square, 1-wide); root levels past the deepest level
       disable the spatial stage instead of failing.
     * Already-reduced inputs (not the original grid) are returned unchanged when
@@ -36,11 +38,13 @@ from tokenred import (
     Reduction,
     Stage,
     TokenReducer,
+    VisualTokens,
 )
 from tokenred_sttm.budget import (
+    LAMBDA_LOW,
     Average,
     BudgetMode,
-    calibration,
+    calibrate,
     compose,
     merge_adjacent,
     resolve_options,
@@ -48,17 +52,18 @@ from tokenred_sttm.budget import (
 )
 from tokenred_sttm.merge import (
     Evaluation,
+    MergeOptions,
     Prepared,
-    STTMMode,
     evaluate,
     finalize,
     prepare,
 )
+from tokenred_sttm.modes import STTMMode
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from tokenred import ReduceContext, VisualTokens
+    from tokenred import ReduceContext
 
 
 @dataclass
@@ -78,7 +83,8 @@ class STTMConfig(ReducerConfig):
         default=0.85,
         metadata={
             "help": "spatial threshold: a quadtree node is kept whole when its cosine "
-            "to each child reaches it (paper: 0.75-0.95; >1 disables spatial merges)"
+            "to each child reaches it (paper: 0.75-0.95; >1 disables spatial merges; "
+            "budget_mode=search starts its schedule search there)"
         },
     )
     tau_t: float = field(
@@ -126,9 +132,9 @@ class STTMConfig(ReducerConfig):
     budget_mode: BudgetMode = field(
         default=BudgetMode.SEARCH,
         metadata={
-            "help": "search = bisect the threshold schedule per video to land just "
-            "below the budget; threshold = use tau_s/tau_t as given (searching only "
-            "when they exceed the budget)"
+            "help": "search = bisect the threshold schedule per video, then refine "
+            "the cut to land on the budget; threshold = use tau_s/tau_t as given "
+            "(searching only when they exceed the budget)"
         },
     )
     search_gap: float = field(
@@ -140,7 +146,9 @@ class STTMConfig(ReducerConfig):
     )
     search_iters: int = field(
         default=14,
-        metadata={"help": "bisection steps of the per-video search and calibrate()"},
+        metadata={
+            "help": "most bisection steps of the per-video search and calibrate()"
+        },
     )
     calibration_average: Average = field(
         default=Average.SAMPLE,
@@ -212,7 +220,7 @@ class STTMReducer(TokenReducer):
         """
         if not isinstance(config, STTMConfig):
             config = STTMConfig()
-        cal = calibration(token_sets, target_ratio, config, head_dim=head_dim)
+        cal = calibrate(token_sets, target_ratio, config, head_dim=head_dim)
         overrides = {
             "tau_s": float(cal.tau_s),
             "tau_t": float(cal.tau_t),
@@ -231,8 +239,9 @@ class STTMReducer(TokenReducer):
         ``info`` reports the thresholds used (``tau_s``, ``tau_t``, ``lambda`` when
         searched), ``n_spatial`` (nodes after the spatial stage), ``n_out``,
         ``prop_rounds``, ``search_evals``, ``budget_capped`` (thresholds exceeded
-        the budget) and ``fallback`` (1 = adjacent merging after the tree, 2 = the
-        input was not an original grid).
+        the budget), ``fill_detached`` / ``fill_split`` (group members split off
+        and quadtree nodes refined by the search's fill) and ``fallback`` (1 =
+        adjacent merging after the tree, 2 = the input was not an original grid).
         """
         cfg: Any = self.config
         budget = max(int(ctx.budget), 1)
@@ -240,10 +249,14 @@ class STTMReducer(TokenReducer):
             red = merge_adjacent(tokens, budget)
             return Reduction(red.tokens, red.assignment, info={"fallback": 2.0})
         options = resolve_options(cfg, ctx.head_dim, tokens.channels)
-        info: dict[str, float] = {"budget_capped": 0.0, "search_evals": 0.0}
+        info: dict[str, float] = {
+            "budget_capped": 0.0,
+            "search_evals": 0.0,
+            "fill_detached": 0.0,
+            "fill_split": 0.0,
+        }
         with torch.no_grad():
-            prep = prepare(tokens.to_grid(), options)
-            ev = _cut_for_budget(prep, budget, cfg, info)
+            ev, prep = _cut_for_budget(tokens.to_grid(), options, budget, cfg, info)
             result = finalize(prep, ev)
         info.update(
             tau_s=ev.tau_s,
@@ -253,9 +266,7 @@ class STTMReducer(TokenReducer):
             prop_rounds=float(result.rounds),
             fallback=0.0,
         )
-        red = Reduction.from_assignment(
-            tokens, result.assignment, features=result.features, info=info
-        )
+        red = _reduction(tokens, result.assignment, result.features, info)
         if red.n_out > budget:  # below the tree's floor
             red = compose(red, merge_adjacent(red.tokens, budget))
             info.update(fallback=1.0, n_out=float(red.n_out))
@@ -264,19 +275,61 @@ class STTMReducer(TokenReducer):
 
 
 def _cut_for_budget(
-    prep: Prepared, budget: int, cfg: STTMConfig, info: dict[str, float]
-) -> Evaluation:
+    grid: torch.Tensor,
+    options: MergeOptions,
+    budget: int,
+    cfg: STTMConfig,
+    info: dict[str, float],
+) -> tuple[Evaluation, Prepared]:
     """Evaluate the given thresholds, or search the schedule when asked or needed.
 
-    Records what was done in ``info``.
+    Both score only the parents the quadtree walk reaches: threshold mode at its
+    ``tau_s``, the search at each threshold it tries (continuing from the threshold
+    mode's walk when the given thresholds exceed the budget). Records what was done
+    in ``info``.
     """
     if cfg.budget_mode is BudgetMode.THRESHOLD:
+        prep = prepare(grid, options, reach=cfg.tau_s)
         ev = evaluate(prep, cfg.tau_s, cfg.tau_t)
         info["search_evals"] = 1.0
         if ev.n_out <= budget:
-            return ev
+            return ev, prep
         info["budget_capped"] = 1.0
-    found = search(prep, budget, gap=cfg.search_gap, iters=cfg.search_iters)
+    else:
+        prep = prepare(grid, options, reach=LAMBDA_LOW)
+    found = search(
+        prep, budget, gap=cfg.search_gap, iters=cfg.search_iters, start=cfg.tau_s
+    )
     info["lambda"] = found.lam
     info["search_evals"] += found.evals
-    return found.evaluation
+    info["fill_detached"] = float(found.detached)
+    info["fill_split"] = float(found.split)
+    return found.evaluation, prep
+
+
+def _reduction(
+    tokens: VisualTokens, assignment: torch.Tensor, features: torch.Tensor, info: dict
+) -> Reduction:
+    """Wrap STTM's output, already in output order, without copying the features.
+
+    STTM numbers its outputs by their representatives' ``(t, y0, x0)``, which is the
+    order of their earliest patches, i.e. the order :meth:`Reduction.from_assignment`
+    would produce; that method would copy the features to reorder them. Checked here
+    (one pass); any other order goes through ``from_assignment``.
+    """
+    n_out = features.shape[0]
+    first = torch.full((n_out,), tokens.n, dtype=torch.long, device=assignment.device)
+    ids = torch.arange(tokens.n, device=assignment.device)
+    first.scatter_reduce_(0, assignment, ids, reduce="amin")
+    if n_out > 1 and not bool((first[1:] > first[:-1]).all()):
+        return Reduction.from_assignment(
+            tokens, assignment, features=features, info=info
+        )
+    sizes_in = tokens.sizes
+    sizes = torch.zeros(n_out, dtype=torch.float32, device=tokens.device)
+    sizes.index_add_(0, assignment, sizes_in)
+    coords = torch.zeros(n_out, 3, dtype=torch.float32, device=tokens.device)
+    coords.index_add_(0, assignment, tokens.coords * sizes_in[:, None])
+    coords /= sizes[:, None]
+    out = VisualTokens(features=features, coords=coords, sizes=sizes, grid=tokens.grid)
+    return Reduction(tokens=out, assignment=assignment, info=dict(info))

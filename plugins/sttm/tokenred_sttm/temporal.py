@@ -18,18 +18,27 @@ Deviations from reference:
       early stop at the first idempotent labelling (which can leave a node that is
       connected to an earlier one unmerged); ``fixed`` mode iterates to the full
       connected components.
-    * ``fixed`` mode accumulates merged features in float32 and rounds once; the
-      reference accumulates in the model dtype (kept in ``reference`` mode).
+    * ``fixed`` mode accumulates merged features in float32 and rounds once (the
+      more accurate sum); ``reference`` mode rounds to the model dtype after every
+      addition, as the reference's ``index_add_`` with an int32 index does on CPU
+      (under bfloat16 the two differ by 1-2 steps of the last bit).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-from tokenred_sttm.quadtree import Lattice, Partition, head_dot, unit
+from tokenred_sttm.quadtree import (
+    Lattice,
+    Partition,
+    chunk_rows,
+    head_dot,
+    node_features,
+    unit,
+)
 
 
 def _canonical(part: Partition) -> Tensor:
@@ -53,99 +62,105 @@ def candidate_pairs(part: Partition) -> tuple[Tensor, Tensor]:
     return part.node[:-1][canonical], part.node[1:][canonical]
 
 
-@dataclass(frozen=True)
-class PairTables:
-    """The cosine of every potential nested pair, for the budget search.
+def pair_keys(part: Partition, lattice: Lattice) -> Tensor:
+    """Return ``[P]`` a key per candidate pair that is the same in every partition.
 
-    For frames ``t`` and ``t+1`` and levels ``(la, lb)``, table ``(la, lb)`` holds,
-    at the resolution of the finer level ``f = max(la, lb)``, the cosine between the
-    level-``la`` node of frame ``t`` and the level-``lb`` node of frame ``t+1`` that
-    contain each level-``f`` node. Built once, it turns every later cut of the tree
-    into index arithmetic; the values are bit-identical to
-    :func:`pair_similarity` on the same nodes.
-
-    Attributes:
-        flat: ``[S]`` float32, all tables concatenated, each ``[T-1, h_f, w_f]``.
-        offset: ``[L, L]`` start of table ``(la, lb)`` in ``flat``.
+    A nested pair is fixed by the frame, the levels ``(la, lb)`` of its two nodes
+    and the finer node's position, so the key indexes a virtual table of every pair
+    the tree could ever form (``(2L - 1)``-ish times the patch count). The budget
+    search caches cosines under these keys, so a pair met in several cuts is
+    computed once. Same order as :func:`candidate_pairs`.
     """
-
-    flat: Tensor
-    offset: Tensor
-
-
-def _at_level(u: Tensor, lattice: Lattice, fine: int, coarse: int) -> Tensor:
-    """Spread ``[T', h_c, w_c, C]`` level-``coarse`` values over level ``fine``.
-
-    Returns a new tensor when the levels differ, else ``u`` itself.
-    """
-    if fine == coarse:
-        return u
-    ys, xs = lattice.ancestors(fine, coarse)
-    return u[:, ys[:, None], xs[None, :]]
-
-
-def build_pair_tables(
-    levels: list[Tensor], lattice: Lattice, head_dim: int | None
-) -> PairTables:
-    """Compute every level pair's cross-frame cosines (one pass per level pair)."""
-    units = [unit(v, head_dim, temporal=True) for v in levels]  # [T, h, w, C] f32
-    n_lv = len(levels)
-    parts = []
-    for la in range(n_lv):
-        for lb in range(n_lv):
-            fine = max(la, lb)
-            ua = _at_level(units[la][:-1], lattice, fine, la)
-            ub = _at_level(units[lb][1:], lattice, fine, lb)
-            # Multiply in place into whichever operand is a fresh gather.
-            if la != fine:
-                prod = ua.mul_(ub)
-            elif lb != fine:
-                prod = ub.mul_(ua)
-            else:
-                prod = ua * ub
-            parts.append(head_dot(prod, head_dim).reshape(-1))
-            del prod, ua, ub
-    counts = torch.tensor([p.numel() for p in parts], device=levels[0].device)
-    offset = (torch.cumsum(counts, 0) - counts).reshape(n_lv, n_lv)
-    return PairTables(torch.cat(parts), offset)
-
-
-def table_pairs(
-    tables: PairTables, part: Partition, lattice: Lattice
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Return ``(dst, src, sims)`` of the nested pairs, looked up in the tables.
-
-    Same pairs, in the same order, as :func:`candidate_pairs`.
-    """
+    sizes = torch.tensor(lattice.sizes, device=part.node.device)  # [L, 2]
+    offset = key_offsets(lattice, part.node.shape[0]).to(part.node.device)
     t, y, x = torch.nonzero(_canonical(part), as_tuple=True)
     la, lb = part.level[t, y, x], part.level[t + 1, y, x]
     fine = torch.maximum(la, lb)
-    sizes = torch.tensor(lattice.sizes, device=t.device)  # [L, 2]
     h, w = sizes[fine, 0], sizes[fine, 1]
     iy, ix = lattice.anc_y[fine, y], lattice.anc_x[fine, x]
-    index = tables.offset[la, lb] + (t * h + iy) * w + ix
-    return part.node[t, y, x], part.node[t + 1, y, x], tables.flat[index]
+    keys: Tensor = offset[la, lb] + (t * h + iy) * w + ix
+    return keys
 
 
-def pair_similarity(
-    feats: Tensor, dst: Tensor, src: Tensor, head_dim: int | None, *, owned: bool
+def key_offsets(lattice: Lattice, t_len: int) -> Tensor:
+    """Return ``[L, L]`` the first key of each level pair ``(la, lb)``.
+
+    The keys of pair ``(la, lb)`` are ``[T-1, h_f, w_f]`` raster indices at the
+    finer level ``f = max(la, lb)``, after the blocks of the earlier level pairs.
+    """
+    n_lv = lattice.n_levels
+    counts = [
+        (t_len - 1) * lattice.sizes[max(la, lb)][0] * lattice.sizes[max(la, lb)][1]
+        for la in range(n_lv)
+        for lb in range(n_lv)
+    ]
+    starts = [sum(counts[:i]) for i in range(len(counts))]
+    return torch.tensor(starts, dtype=torch.long).reshape(n_lv, n_lv)
+
+
+def n_pair_keys(lattice: Lattice, t_len: int) -> int:
+    """Number of distinct keys :func:`pair_keys` can return."""
+    h, w = lattice.sizes[-1]
+    last: int = int(key_offsets(lattice, t_len)[-1, -1])
+    return int(last + (t_len - 1) * h * w)
+
+
+def finest_pair_cosines(grid: Tensor, head_dim: int | None) -> Tensor:
+    """Return ``[(T-1)*H*W]`` the cosines of each patch with itself one frame later.
+
+    These are the pairs of two finest-level nodes, the bulk of a fine cut's pairs.
+    Streams the frames in cache-sized chunks (no gather, no whole-grid copy) and
+    does the same arithmetic as :func:`pair_cosines`, so the values are identical.
+    """
+    t, h, w, c = grid.shape
+    out = torch.empty(t - 1, h, w, device=grid.device)
+    step = max(1, chunk_rows(c, 1) // (h * w))
+    prev: Tensor | None = None
+    for lo in range(0, t, step):
+        u = unit(grid[lo : lo + step], head_dim, temporal=True)  # [t', H, W, C] f32
+        if prev is not None:
+            out[lo - 1] = head_dot(prev * u[0], head_dim)
+        if u.shape[0] > 1:
+            out[lo : lo + u.shape[0] - 1] = head_dot(u[:-1] * u[1:], head_dim)
+        prev = u[-1]
+    return out.reshape(-1)
+
+
+def pair_cosines(
+    levels: list[Tensor],
+    lattice: Lattice,
+    part: Partition,
+    dst: Tensor,
+    src: Tensor,
+    head_dim: int | None,
+    dtype: torch.dtype,
 ) -> Tensor:
     """Return ``[P]`` float32 cosines of node pairs, normalised as the reference does.
 
-    Each vector is divided by ``norm + 1e-8``.
+    Each vector is divided by ``norm + 1e-8``. Pairs are taken in cache-sized
+    chunks and only their own nodes are gathered, so no ``[Nn, C]`` copy of the
+    node features is made.
 
     Args:
-        feats: ``[Nn, C]`` node features.
+        levels: Level features, root first.
+        lattice: The levels' geometry.
+        part: The partition the node ids refer to.
         dst: ``[P]`` first node of each pair.
         src: ``[P]`` second node of each pair.
         head_dim: Per-head similarity width, or None.
-        owned: ``feats`` is a temporary that may be normalised in place.
+        dtype: Dtype of the node features (the levels' working dtype).
     """
-    u = unit(feats, head_dim, temporal=True, owned=owned)  # [Nn, C] float32
-    prod = u.index_select(0, dst)
-    prod.mul_(u.index_select(0, src))
-    sims: Tensor = head_dot(prod, head_dim)
-    return sims
+    out = torch.empty(dst.shape[0], device=dst.device)
+    step = chunk_rows(levels[-1].shape[-1], 2)
+    for lo in range(0, dst.shape[0], step):
+        a, b = dst[lo : lo + step], src[lo : lo + step]
+        need, inverse = torch.unique(torch.cat([a, b]), return_inverse=True)
+        feats = node_features(levels, lattice, part, dtype, need)  # [n, C]
+        u = unit(feats, head_dim, temporal=True, owned=True)
+        prod = u.index_select(0, inverse[: a.shape[0]])
+        prod.mul_(u.index_select(0, inverse[a.shape[0] :]))
+        out[lo : lo + a.shape[0]] = head_dot(prod, head_dim)
+    return out
 
 
 def propagate(
@@ -185,43 +200,54 @@ def propagate(
 
 
 def aggregate(
-    feats: Tensor,
+    gather: Callable[[Tensor], Tensor],
     weights: Tensor,
     rep: Tensor,
     *,
     acc_dtype: torch.dtype,
     out_dtype: torch.dtype,
+    stepwise: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Average every group into its representative, in node order.
 
+    Only the representatives' rows (into the output) and the other members' rows
+    (to be added) are gathered, once each.
+
     Args:
-        feats: ``[Nn, C]`` node values (means, or sums for area weighting); a
-            temporary that is overwritten when it already has ``acc_dtype``.
+        gather: Returns ``[n, C]`` node values (means, or sums for area
+            weighting) of the given node ids, in ``acc_dtype``, as a new tensor.
         weights: ``[Nn]`` divisor contribution of each node: 1 for plain means over
             the members, the node's patch count for area-weighted means.
         rep: ``[Nn]`` representative of each node.
         acc_dtype: Accumulator dtype (the reference uses the model dtype).
         out_dtype: Output dtype.
+        stepwise: Round the running sums to ``acc_dtype`` after every addition,
+            as the reference does. ``index_add_`` on CPU does this with an int32
+            index but, with an int64 index, accumulates in float32 and rounds once
+            (more accurate, but 1-2 bfloat16 steps away from the reference).
 
     Returns:
         ``[N', C]`` merged features and ``[N']`` ids of the representatives, both in
         increasing id order (the output order).
     """
-    n = feats.shape[0]
+    n = rep.shape[0]
     idx = torch.arange(n, device=rep.device)
-    keep = torch.nonzero(rep == idx).squeeze(1)
-    if keep.shape[0] == n:  # nothing merged: each node is its own group
-        if not bool((weights != 1).any()):
-            return feats.to(out_dtype), keep
-        return (feats.to(acc_dtype) / weights[:, None]).to(out_dtype), keep
-    # A representative is its group's smallest id, so starting from its own row and
-    # adding the other members in id order gives the reference's sums
-    # (zeros + members in id order) without a zero-filled accumulator.
-    acc = feats.to(acc_dtype)
-    others = torch.nonzero(rep != idx).squeeze(1)
-    acc.index_add_(0, rep[others], acc.index_select(0, others))
-    denom = weights.clone().index_add_(0, rep[others], weights[others])
-    out = acc.index_select(0, keep)
-    del acc
-    out.div_(denom.index_select(0, keep)[:, None])
+    is_rep = rep == idx
+    keep = torch.nonzero(is_rep).squeeze(1)
+    out = gather(keep)  # [N', C]
+    others = torch.nonzero(~is_rep).squeeze(1)
+    if others.numel():
+        # A representative is its group's smallest id, so starting from its own
+        # row and adding the other members in id order gives the reference's sums
+        # (zeros + members in id order) without a zero-filled accumulator.
+        slot = torch.full((n,), -1, dtype=torch.long, device=rep.device)
+        slot[keep] = torch.arange(keep.shape[0], device=rep.device)
+        target = slot[rep[others]]
+        index = target.to(torch.int32) if stepwise else target
+        out.index_add_(0, index, gather(others))
+        denom = weights.clone().index_add_(0, rep[others], weights[others])[keep]
+    else:
+        denom = weights[keep]
+    if bool((denom != 1).any()):
+        out.div_(denom[:, None])
     return out.to(out_dtype), keep

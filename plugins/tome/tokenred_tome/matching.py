@@ -41,7 +41,7 @@ import math
 import torch
 from torch import Tensor
 
-from tokenred.determinism import stable_scores
+from tokenred import stable_scores
 
 _EPS = 1e-12
 _ROW_CHUNK = 4096
