@@ -9,6 +9,7 @@ of a study shares one baseline run (one run id).
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -19,6 +20,8 @@ from tokenred.schema import BudgetConfig, InsertionConfig, to_dict
 if TYPE_CHECKING:
     from tokenred.registry import Registries
     from tokenred.schema import ExperimentConfig
+
+log = logging.getLogger(__name__)
 
 
 def baseline_config(cfg: ExperimentConfig, registries: Registries) -> ExperimentConfig:
@@ -53,8 +56,30 @@ def with_baselines(
         if cfg.measure.baseline:
             add(baseline_config(cfg, registries))
     for cfg in experiments:
-        add(cfg)
+        add(_as_baseline(cfg, registries))
     return out
+
+
+def _as_baseline(cfg: ExperimentConfig, registries: Registries) -> ExperimentConfig:
+    """Normalise a run of the baseline reducer itself to the one unreduced run.
+
+    ``--reducer none --budget 0.3`` would otherwise be a second unreduced run under
+    another run id (the budget and insertion point change nothing without a
+    reducer), answering every question twice.
+    """
+    if cfg.reducer.name != BASELINE_REDUCER:
+        return cfg
+    base = baseline_config(cfg, registries)
+    if (cfg.budget, cfg.insertion) != (base.budget, base.insertion):
+        log.warning(
+            "reducer '%s' keeps every token: budget %s and insertion %s/%d are "
+            "ignored and the unreduced run is run once",
+            BASELINE_REDUCER,
+            cfg.budget.describe(),
+            cfg.insertion.stage.value,
+            cfg.insertion.layer,
+        )
+    return base
 
 
 __all__ = ["baseline_config", "with_baselines"]
