@@ -41,12 +41,16 @@ def _video(kind: str, grid: tuple[int, int, int], seed: int) -> torch.Tensor:
     return out
 
 
-@settings(
+PROPERTY = settings(
     max_examples=60,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
     derandomize=True,
 )
+"""Hypothesis settings of the property tests: reproducible, no time limit."""
+
+
+@PROPERTY
 @given(
     t=st.integers(1, 4),
     h=st.integers(1, 9),
@@ -211,12 +215,7 @@ def test_static_clip_no_longer_sticks_at_one_frame() -> None:
     assert red.info["fill_detached"] > 0, "the fill restored merged members"
 
 
-@settings(
-    max_examples=60,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-    derandomize=True,
-)
+@PROPERTY
 @given(
     t=st.integers(2, 6),
     h=st.integers(2, 12),
