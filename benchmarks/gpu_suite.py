@@ -21,7 +21,7 @@ in-LLM hooks at layer K) and timing protocol (``measure_repeats``: CUDA events,
   the flash kernel on CUDA; sdpa is restricted to ``--sdpa-backend``).
 
 Visual tokens are synthetic projected features with video-like redundancy
-(``sttm_speed.synthetic_video``) fed to the adapter as :class:`VideoFeatures`, the
+(``sttm_speed.smooth_video``) fed to the adapter as :class:`VideoFeatures`, the
 same object the runner's feature cache replays, so no vision tower runs: vision is
 excluded from TTFT anyway, and merging reducers see realistic temporal redundancy
 rather than white noise.
@@ -225,9 +225,10 @@ def make_video(adapter: Any, frames: int) -> Any:
     side = math.ceil((vis.image_size // vis.patch_size) / 2)
     grid = (frames, side, side)
     dtype = adapter.config.dtype.torch
-    feats = _sibling("sttm_speed").synthetic_video(
-        grid, arch.hidden_size, dtype, str(adapter.device)
-    )  # [T*H*W, C]
+    # The STTM benchmark's smooth realistic features (a coarse Gaussian field
+    # upsampled per frame, per-token noise, slow drift): video-like redundancy.
+    video = _sibling("sttm_speed").smooth_video(grid, arch.hidden_size)
+    feats = video.reshape(-1, arch.hidden_size).to(adapter.device, dtype)  # [T*H*W, C]
     gen = torch.Generator().manual_seed(1)
     newline = torch.randn(arch.hidden_size, generator=gen).to(adapter.device, dtype)
     return VideoFeatures(
@@ -717,7 +718,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "syncs": "one untimed pass; CUDA: set_sync_debug_mode('warn'); CPU: "
             "aten ops that would synchronise on CUDA (a lower bound: no tolist, "
             "no host-to-device copies)",
-            "inputs": "synthetic projected features (sttm_speed.synthetic_video)",
+            "inputs": "synthetic projected features (sttm_speed.smooth_video)",
             "max_minutes": args.max_minutes,
         },
         "cases": [],
