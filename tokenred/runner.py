@@ -15,14 +15,15 @@ Measurement protocol per sample (see ``docs/measuring.md``):
   then ``repeats`` timed prefill + greedy-decode passes; the median is reported;
 * reducer: the reducer call inside the prefill, timed by the engine;
 * e2e: vision + prefill + decode of one answer (video decoding excluded);
-* KV reuse (``measure.kv_reuse = k``): one reduced prefix prefill per video, then
-  up to ``k`` questions answered from copies of it; the amortised time per question
-  is recorded next to the full-prefill time.
+* KV reuse (``measure.kv_reuse = k``, query-agnostic reducers): one reduced prefix
+  prefill per video, then up to ``k`` consecutive questions answered from copies of
+  it; each record states what its answer computed (:mod:`tokenred.reuse`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -336,45 +337,6 @@ class SampleRunner:
         }
 
 
-# --------------------------------------------------------------------- KV reuse
-def measure_reuse(
-    runner: SampleRunner,
-    group: Sequence[tuple[Sample, CachedVideo]],
-    k: int,
-) -> dict[str, dict[str, Any]]:
-    """Answer up to ``k`` questions of one video from one reduced prefix cache.
-
-    Returns, per sample id, the amortised timings and whether the reused answer
-    equals the full-prefill answer (filled in by the caller).
-    """
-    adapter, device = runner.adapter, runner.device
-    chosen = list(group)[:k]
-    if not chosen:
-        return {}
-    timer = Timer(device)
-    plan = runner.plan(chosen[0][0].id, None)
-    video = chosen[0][1]
-    with timer("prefix"):
-        prefix = adapter.prefill_prefix(video.features, plan)
-    texts: dict[str, str] = {}
-    for sample, _ in chosen:
-        with timer("answer"):
-            gen = adapter.answer(prefix, sample.prompt, runner.cfg.model.max_new_tokens)
-        texts[sample.id] = gen.text
-    res = timer.results()
-    prefix_ms = res["prefix"][0]
-    out: dict[str, dict[str, Any]] = {}
-    for (sample, _), ans_ms in zip(chosen, res["answer"]):
-        out[sample.id] = {
-            "prefix_ms": prefix_ms,
-            "answer_ms": ans_ms,
-            "per_question_ms": prefix_ms / len(chosen) + ans_ms,
-            "questions": len(chosen),
-            "text": texts[sample.id],
-        }
-    return out
-
-
 # ----------------------------------------------------------------------- one run
 def run_experiment(
     cfg: ExperimentConfig,
@@ -435,6 +397,12 @@ def run_experiment(
                 else "perf_counter",
                 "warmup": cfg.measure.warmup,
                 "repeats": cfg.measure.repeats,
+                # KV-REUSE (issue 22): what the report's reuse table reads.
+                "kv_reuse": {
+                    "requested": cfg.measure.kv_reuse,
+                    "applied": reuse_k,
+                    "query_agnostic": bool(reducer.query_agnostic),
+                },
                 "model": desc,
             },
         )
@@ -516,8 +484,9 @@ def _run_samples(
     """Answer every pending sample, appending one record each."""
     cfg = runner.cfg
     label = f"{cfg.reducer.name}@{cfg.budget.describe()}"
-    reuse_groups: dict[str, list[tuple[Sample, CachedVideo]]] = {}
-    pending: dict[str, SampleRecord] = {}
+    if reuse_k:
+        _run_reused(runner, source, todo, store, outcome, pm, reuse_k, progress)
+        return
     for sample in _progress(todo, label, progress):
         try:
             video = source.get(sample)
@@ -525,49 +494,61 @@ def _run_samples(
         except DataError as exc:
             record = SampleRecord.failed(sample.id, sample.video_id, exc)
             log.warning("sample %s: %s", sample.id, record.error)
-        if record.status == "ok" and reuse_k:
-            reuse_groups.setdefault(sample.video_id, []).append((sample, video))
-            pending[sample.id] = record
-            group = reuse_groups[sample.video_id]
-            if len(group) < reuse_k and not _last_of_video(todo, sample):
-                continue
-            _flush_reuse(runner, group, reuse_k, pending, store, outcome, pm)
-            reuse_groups.pop(sample.video_id)
-            continue
         _append(store, record, outcome, pm)
-    for group in reuse_groups.values():
-        _flush_reuse(runner, group, reuse_k, pending, store, outcome, pm)
 
 
-def _last_of_video(todo: Sequence[Sample], sample: Sample) -> bool:
-    later = todo[todo.index(sample) + 1 :]
-    return all(s.video_id != sample.video_id for s in later)
-
-
-def _flush_reuse(
+# KV-REUSE (issue 22): the per-video step lives in tokenred.reuse; this glue is
+# what the runner rewrite has to port.
+def _run_reused(
     runner: SampleRunner,
-    group: list[tuple[Sample, CachedVideo]],
-    k: int,
-    pending: dict[str, SampleRecord],
+    source: VideoSource,
+    todo: Sequence[Sample],
     store: RunStore,
     outcome: RunOutcome,
     pm: TokenredPluginManager | None,
+    k: int,
+    progress: bool,
 ) -> None:
-    timings = measure_reuse(runner, group, k)
-    for sample, _ in group:
-        record = pending.pop(sample.id)
-        reuse = timings.get(sample.id)
-        if reuse is not None:
-            record.latency_ms["kv_reuse_per_question"] = summarize(
-                [reuse["per_question_ms"]]
+    """Answer pending samples video by video, up to ``k`` from one prefix."""
+    from tokenred.reuse import answer_video, reused_record, video_groups
+
+    cfg, measure = runner.cfg, runner.cfg.measure
+    label = f"{cfg.reducer.name}@{cfg.budget.describe()} (kv reuse)"
+    for group in _progress(video_groups(todo, k), label, progress):
+        try:
+            video = source.get(group[0])
+            probe = reset_peak(runner.device) if measure.memory else None
+            answers = answer_video(
+                runner.adapter,
+                functools.partial(runner.plan, group[0].id),
+                video.features,
+                group,
+                max_new_tokens=cfg.model.max_new_tokens,
+                latency=measure.latency,
+                warmup=measure.warmup,
+                repeats=measure.repeats,
+                device=runner.device,
             )
-            record.meta["kv_reuse"] = {
-                "questions": reuse["questions"],
-                "prefix_ms": reuse["prefix_ms"],
-                "answer_ms": reuse["answer_ms"],
-                "same_answer": reuse["text"] == record.text,
-            }
-        _append(store, record, outcome, pm)
+            peak = probe.peak_bytes() if probe is not None else None
+            kind = probe.kind if probe is not None else None
+            records = [
+                reused_record(
+                    runner.record(
+                        ans.sample, video, _Answered(ans.generation, {}, peak, kind)
+                    ),
+                    answers,
+                    ans,
+                    arch=runner.adapter.arch if measure.flops else None,
+                    vision_ms=video.vision_ms,
+                    latency=measure.latency,
+                )
+                for ans in answers.answers
+            ]
+        except DataError as exc:
+            records = [SampleRecord.failed(s.id, s.video_id, exc) for s in group]
+            log.warning("video %s: %s", group[0].video_id, records[0].error)
+        for record in records:
+            _append(store, record, outcome, pm)
 
 
 def _append(

@@ -1,0 +1,292 @@
+"""KV-cache reuse: one reduced video prefix answers several questions, each accounted.
+
+Benchmarks such as Video-MME ask several questions about one video. For a
+query-agnostic reducer the reduced video does not depend on the question, so the
+prefix (system prompt + reduced video) is prefilled once and every question is
+prefilled after a copy of its KV cache (:meth:`ModelAdapter.prefill_prefix`,
+:meth:`ModelAdapter.prefill_question`). This module is the per-video step of a run
+with ``measure.kv_reuse = k``: it answers up to ``k`` consecutive questions of a
+video from one prefix and turns each answer into a record that says what *that
+answer* computed, so that summing the records of a video gives the video's cost:
+
+* ``flops.prefill``: the question's tokens against the cached prefix
+  (:func:`~tokenred.measure.flops.suffix_flops`), plus the prefix itself
+  (:func:`~tokenred.measure.flops.prefix_flops`) for the first answer of the
+  video, the one that built it. Under the causal convention prefix + suffix is
+  exactly the full prefill, so nothing is lost or counted twice;
+* ``latency_ms``: ``prefix`` (first answer only), ``question_prefill``,
+  ``prefill`` (what this answer waited for before its first token: prefix +
+  question for the first answer, question alone after), ``decode_per_token`` and
+  ``e2e`` (vision, first answer only, + prefill + decode);
+* ``meta.kv_reuse``: the split in numbers (questions sharing the prefix, this
+  answer's index, prefix and question tokens and FLOPs, the timed medians).
+
+The mean over a run's records is therefore the per-question cost with reuse, which
+the report sets beside the same reducer's run without reuse. Query-dependent
+reducers (``query_agnostic = False``, e.g. FastV) never reach this module: the
+runner answers them with full prefills and the report marks them not reusable.
+
+Seeded reducers draw once per prefix: the prefix's plan is seeded from the first
+question's id, so a random reducer's reused answers can differ from its
+full-prefill answers (each seeded from its own id); deterministic reducers (STTM,
+pooling, ToMe, ...) give the same answers either way (tested).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from tokenred.measure import Timer, measure_repeats, reuse_flops, summarize
+
+if TYPE_CHECKING:
+    from tokenred.adapter import (
+        Generation,
+        ModelAdapter,
+        PrefillResult,
+        ReductionPlan,
+        VideoFeatures,
+    )
+    from tokenred.arch import ArchSpec
+    from tokenred.data import Sample
+    from tokenred.results import SampleRecord
+
+PlanFactory = Callable[[Timer | None], "ReductionPlan | None"]
+"""Builds the prefix's reduction plan around the repeat's timer (None: unreduced)."""
+
+
+@dataclass
+class ReusedAnswer:
+    """One question answered from a shared prefix.
+
+    Attributes:
+        sample: The question.
+        generation: Its greedy answer (``generation.prefill.prefix_schedule`` is
+            the per-layer length of the reused prefix).
+        index: Position among the questions sharing the prefix (0 built it).
+        question_ms: Timed repeats of the question's prefill after the prefix.
+        decode_ms: Timed repeats of its decoding (all steps).
+    """
+
+    sample: Sample
+    generation: Generation
+    index: int
+    question_ms: list[float] = field(default_factory=list)
+    decode_ms: list[float] = field(default_factory=list)
+
+    @property
+    def question_tokens(self) -> int:
+        """Tokens prefilled after the prefix (the same on every layer)."""
+        state = self.generation.prefill
+        prefix = state.prefix_schedule or [0] * len(state.schedule)
+        return int(state.schedule[0] - prefix[0])
+
+
+@dataclass
+class VideoAnswers:
+    """Every answer of one prefix, with the prefix's own state and timings.
+
+    Attributes:
+        prefix: The prefill state of the shared prefix.
+        answers: One entry per question, in dataset order.
+        prefix_ms: Timed repeats of the prefix prefill (reducer included).
+        reducer_ms: Timed repeats of the reducer inside the prefix prefill.
+    """
+
+    prefix: PrefillResult
+    answers: list[ReusedAnswer]
+    prefix_ms: list[float] = field(default_factory=list)
+    reducer_ms: list[float] = field(default_factory=list)
+
+
+def video_groups(samples: Sequence[Sample], k: int) -> list[list[Sample]]:
+    """Split samples into runs of consecutive questions about one video.
+
+    A run holds at most ``k`` questions; a video's questions that are not
+    consecutive (or more than ``k``) get a prefix of their own, as a server that
+    keeps ``k`` answers per cached prefix would.
+
+    Raises:
+        ValueError: ``k < 1``.
+    """
+    if k < 1:
+        msg = f"video_groups: k must be >= 1, got {k}"
+        raise ValueError(msg)
+    groups: list[list[Sample]] = []
+    for sample in samples:
+        last = groups[-1] if groups else None
+        if last is not None and last[0].video_id == sample.video_id and len(last) < k:
+            last.append(sample)
+        else:
+            groups.append([sample])
+    return groups
+
+
+def answer_video(
+    adapter: ModelAdapter,
+    plan_for: PlanFactory,
+    features: VideoFeatures,
+    samples: Sequence[Sample],
+    *,
+    max_new_tokens: int,
+    latency: bool,
+    warmup: int = 1,
+    repeats: int = 3,
+    device: str = "cpu",
+) -> VideoAnswers:
+    """Prefill the video prefix once and answer every question of ``samples``.
+
+    With ``latency`` the whole group (prefix, then each question's prefill and
+    decoding) runs ``warmup`` untimed and ``repeats`` timed times, as a single
+    answer does in the full-prefill protocol; the answers of the last repeat are
+    kept (greedy decoding makes every repeat's answers equal).
+
+    Args:
+        adapter: A loaded adapter.
+        plan_for: Returns the prefix's plan for a repeat's timer.
+        features: The video's visual tokens.
+        samples: Questions about this video, all answered from one prefix.
+        max_new_tokens: Greedy decoding limit.
+        latency: Time the phases.
+        warmup: Untimed passes first.
+        repeats: Timed passes.
+        device: Where the model runs (selects the clock).
+
+    Raises:
+        CompatibilityError: The reducer is query-dependent, or the adapter cannot
+            prefill a question after a prefix.
+    """
+
+    def once(timer: Timer) -> tuple[PrefillResult, list[Generation]]:
+        plan = plan_for(timer)
+        with timer("prefix"):
+            prefix = adapter.prefill_prefix(features, plan)
+        generations = []
+        for j, sample in enumerate(samples):
+            with timer(f"q{j}.prefill"):
+                state = adapter.prefill_question(prefix, sample.prompt)
+            with timer(f"q{j}.decode"):
+                generations.append(adapter.decode(state, max_new_tokens))
+        return prefix.prefill, generations
+
+    phases: dict[str, list[float]] = {}
+    if latency:
+        rep = measure_repeats(once, warmup=warmup, repeats=repeats, device=device)
+        (prefix, generations), phases = rep.value, rep.phases
+    else:
+        prefix, generations = once(Timer(device))
+    answers = [
+        ReusedAnswer(
+            sample=sample,
+            generation=gen,
+            index=j,
+            question_ms=phases.get(f"q{j}.prefill", []),
+            decode_ms=phases.get(f"q{j}.decode", []),
+        )
+        for j, (sample, gen) in enumerate(zip(samples, generations, strict=True))
+    ]
+    return VideoAnswers(
+        prefix=prefix,
+        answers=answers,
+        prefix_ms=phases.get("prefix", []),
+        reducer_ms=phases.get("reducer", []),
+    )
+
+
+def reused_record(
+    record: SampleRecord,
+    group: VideoAnswers,
+    answer: ReusedAnswer,
+    *,
+    arch: ArchSpec | None,
+    vision_ms: Sequence[float] = (),
+    latency: bool,
+) -> SampleRecord:
+    """Return ``record`` (built from a reused answer) with reuse accounting.
+
+    ``record`` is what the runner assembles for any answer (prediction, tokens,
+    schedule, decode FLOPs, memory); this replaces its prefill FLOPs and latency
+    with what the reused answer computed and adds ``meta.kv_reuse``.
+
+    Args:
+        record: The answer's record as the runner built it.
+        group: The prefix the answer came from.
+        answer: The answer.
+        arch: The model's shape; None leaves ``flops`` as it is (FLOPs off).
+        vision_ms: Timed repeats of the video's vision encoder.
+        latency: Whether latency was measured.
+    """
+    owns = answer.index == 0
+    q_tokens = answer.question_tokens
+    prefix_schedule = list(group.prefix.schedule)
+    info: dict[str, Any] = {
+        "questions": len(group.answers),
+        "index": answer.index,
+        "owns_prefix": owns,
+        "prefix_tokens": prefix_schedule[0] if prefix_schedule else 0,
+        "question_tokens": q_tokens,
+    }
+    flops = record.flops
+    if arch is not None and record.flops.prefill is not None:
+        parts = reuse_flops(
+            arch,
+            prefix_schedule,
+            q_tokens,
+            owns_prefix=owns,
+            attention=record.flops.attention,
+        )
+        flops = dataclasses.replace(record.flops, prefill=parts["prefill"])
+        info["prefix_flops"] = parts["prefix"]
+        info["question_flops"] = parts["question"]
+    latency_ms: dict[str, dict[str, float] | None] = {}
+    if latency:
+        latency_ms = _latency(group, answer, vision_ms, owns)
+        info["prefix_ms"] = summarize(group.prefix_ms)["median"]
+        info["question_ms"] = summarize(answer.question_ms)["median"]
+        info["decode_ms"] = summarize(answer.decode_ms)["median"]
+    return dataclasses.replace(
+        record,
+        flops=flops,
+        latency_ms=latency_ms,
+        meta={**record.meta, "kv_reuse": info},
+    )
+
+
+def _latency(
+    group: VideoAnswers,
+    answer: ReusedAnswer,
+    vision_ms: Sequence[float],
+    owns: bool,
+) -> dict[str, dict[str, float] | None]:
+    """Latency phases of one reused answer (see the module docstring)."""
+    steps = answer.generation.decode_steps
+    question = list(answer.question_ms)
+    prefill = (
+        [p + q for p, q in zip(group.prefix_ms, question, strict=True)]
+        if owns
+        else question
+    )
+    decode = list(answer.decode_ms)
+    vision = summarize(vision_ms)["median"] if (owns and vision_ms) else 0.0
+    e2e = [vision + p + d for p, d in zip(prefill, decode, strict=True)]
+    per_token = [d / steps for d in decode] if steps > 0 else []
+    return {
+        "vision": summarize(vision_ms) if (owns and vision_ms) else None,
+        "reducer": summarize(group.reducer_ms) if (owns and group.reducer_ms) else None,
+        "prefix": summarize(group.prefix_ms) if owns else None,
+        "question_prefill": summarize(question),
+        "prefill": summarize(prefill),
+        "decode_per_token": summarize(per_token) if per_token else None,
+        "e2e": summarize(e2e),
+    }
+
+
+__all__ = [
+    "ReusedAnswer",
+    "VideoAnswers",
+    "answer_video",
+    "reused_record",
+    "video_groups",
+]
