@@ -225,6 +225,13 @@ def test_query_dependent_reducer_skips_kv_reuse(
         "query_agnostic": False,
     }
     assert manifests["none"]["applied"] == 2
+    from tokenred.report import main_report
+
+    table = (main_report([tmp_path], tmp_path / "report") / "reuse.md").read_text()
+    fastv = next(line for line in table.splitlines() if "| fastv (K=2) |" in line)
+    assert fastv.count("not reusable") == 5, fastv
+    unreduced = next(line for line in table.splitlines() if "| unreduced |" in line)
+    assert "not reusable" not in unreduced
 
 
 def test_calibrate_fits_thresholds_that_reach_the_average_budget(
@@ -278,7 +285,7 @@ def test_incompatible_point_fails_before_anything_runs(
 @pytest.fixture(scope="module")
 def three_per_video(
     tmp_path_factory: pytest.TempPathFactory,
-) -> dict[str, list[dict[str, Any]]]:
+) -> dict[str, Any]:
     """STTM at 30 % on 2 videos x 3 questions, with and without KV reuse."""
     data = tmp_path_factory.mktemp("synth3")
     root = tmp_path_factory.mktemp("runs3")
@@ -301,11 +308,12 @@ def three_per_video(
     return {
         "full": _runs(root / "full")["sttm"],
         "kv": _runs(root / "kv")["sttm"],
+        "root": root,
     }
 
 
 def test_kv_reuse_answers_equal_full_prefill_answers(
-    three_per_video: dict[str, list[dict[str, Any]]],
+    three_per_video: dict[str, Any],
 ) -> None:
     full, kv = three_per_video["full"], three_per_video["kv"]
     assert [r["id"] for r in kv] == [r["id"] for r in full]
@@ -317,7 +325,7 @@ def test_kv_reuse_answers_equal_full_prefill_answers(
 
 
 def test_kv_reuse_records_carry_what_each_answer_computed(
-    three_per_video: dict[str, list[dict[str, Any]]],
+    three_per_video: dict[str, Any],
 ) -> None:
     from tokenred.adapter import AdapterConfig, create_adapter
     from tokenred.measure import prefix_flops, suffix_flops
@@ -387,3 +395,25 @@ def test_new_weights_at_the_same_path_start_new_runs(
     assert weights == {"random-init-seed-0", fingerprint}
     assert main(argv) == 0  # the same weights again: everything reused
     assert "3 reused" in capsys.readouterr().err
+
+
+def test_reuse_report_compares_the_cost_per_question(
+    three_per_video: dict[str, Any],
+) -> None:
+    from tokenred.report import load_runs
+    from tokenred.reuse_report import reuse_frame
+
+    full, kv = three_per_video["full"], three_per_video["kv"]
+    frame = reuse_frame(load_runs([three_per_video["root"]]))
+    row = frame[frame["reducer"] == "sttm"].iloc[0]
+    assert row["questions_per_video"] == 3 and row["kv_reuse"] == 3
+    mean = sum(r["flops"]["prefill"] for r in full) / 6
+    assert row["flops_full"] == pytest.approx(mean)
+    assert row["flops_reuse"] == pytest.approx(
+        sum(r["flops"]["prefill"] for r in kv) / 6
+    )
+    assert row["video_in_answers"] == pytest.approx(
+        sum(r["flops"]["prefill"] for r in kv) / 2 / mean
+    )
+    assert 1 < row["video_in_answers"] < 3
+    assert row["same_answers_pct"] == 100.0
