@@ -70,3 +70,24 @@ def test_suffix_flops_reject_a_negative_question() -> None:
         suffix_flops(ARCH, [10] * 4, -1)
     with pytest.raises(MeasurementError, match="one non-negative count"):
         suffix_flops(ARCH, [10] * 3, 5)
+
+
+def test_five_answers_from_a_reduced_7b_prefix_cost_under_1_3_answers() -> None:
+    """docs/measuring.md's worked example: LLaVA-OneVision-7B (Qwen2-7B), 32 frames
+    (6,272 visual tokens) reduced to 30 %, 15 text tokens before the video and an
+    85-token question after it."""
+    qwen7b = ArchSpec(
+        family="qwen2",
+        layers=28,
+        hidden_size=3584,
+        heads=28,
+        kv_heads=4,
+        head_dim=128,
+        intermediate_size=18944,
+        vocab_size=152064,
+    )
+    prefix = [15 + round(0.3 * 6272)] * 28
+    one = prefill_flops(qwen7b, [p + 85 for p in prefix]).total
+    five = [reuse_flops(qwen7b, prefix, 85, owns_prefix=k == 0) for k in range(5)]
+    total = sum(f["prefill"] for f in five)
+    assert total / one == pytest.approx(1.177, abs=1e-3)
