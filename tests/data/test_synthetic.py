@@ -317,3 +317,15 @@ def test_five_questions_add_a_second_mover(tmp_path: Path) -> None:
         SyntheticConfig(questions_per_video=6)
     with pytest.raises(ConfigError, match="questions_per_video"):
         SyntheticConfig(questions_per_video=0)
+
+
+def test_a_root_holds_one_question_layout_only(
+    asked_four: SyntheticDataset, tmp_path: Path
+) -> None:
+    root = str(asked_four.root)
+    with pytest.raises(ConfigError, match="several questions per video"):
+        SyntheticDataset(SyntheticConfig(root=root, num_videos=2)).samples()
+    with pytest.raises(ConfigError, match="one question per video"):
+        one = dataset(tmp_path, num_videos=2)
+        one.samples()
+        dataset(tmp_path, num_videos=2, questions_per_video=3).samples()

@@ -352,6 +352,7 @@ def ensure_split(root: Path, cfg: SyntheticConfig, split: str, n: int) -> Path:
     """
     path = root / "annotations" / f"{split}.json"
     total = n * cfg.questions_per_video
+    _check_layout(path, cfg.questions_per_video)
     if _complete(root, path, total):
         return path
     root.mkdir(parents=True, exist_ok=True)
@@ -368,6 +369,30 @@ def ensure_split(root: Path, cfg: SyntheticConfig, split: str, n: int) -> Path:
             records += video_records
         _write_json(path, records)
     return path
+
+
+def _check_layout(path: Path, k: int) -> None:
+    """Refuse a split generated with another ``questions_per_video`` at ``path``.
+
+    Under the keyed cache the two never share a root; an explicit ``data.root``
+    could, and its videos (same file names, other scenes) would be silently reused.
+
+    Raises:
+        ConfigError: The annotation file's first record has the other id layout.
+    """
+    try:
+        first = json.loads(path.read_text(encoding="utf-8"))[0]
+        qid, vid = str(first["question_id"]), str(first["video_id"])
+    except (OSError, ValueError, LookupError, TypeError):
+        return  # missing or unreadable: generation rewrites it
+    if (qid == vid) != (k == 1):
+        found = "one question" if qid == vid else "several questions"
+        msg = (
+            f"synthetic: {path} holds a split with {found} per video, but "
+            f"data.questions_per_video={k}; use another data.root (or leave it "
+            "null for the keyed cache)"
+        )
+        raise ConfigError(msg)
 
 
 def _complete(root: Path, path: Path, n: int) -> bool:
