@@ -328,3 +328,22 @@ def test_a_root_holds_one_question_layout_only(
         one = dataset(tmp_path, num_videos=2)
         one.samples()
         dataset(tmp_path, num_videos=2, questions_per_video=3).samples()
+
+
+def test_one_question_per_video_keeps_the_run_ids_of_earlier_stores() -> None:
+    """``questions_per_video = 1`` is what every run had before the key existed, so
+    it is left out of the run id (stores resume); any other value is part of it."""
+    from tokenred.config import load_config, to_dict
+    from tokenred.results import run_id
+
+    def ids(k: int) -> tuple[str, str]:
+        cfg = load_config(overrides=[f"data.questions_per_video={k}"])
+        full = to_dict(cfg)
+        legacy = {**full, "data": dict(full["data"])}
+        del legacy["data"]["questions_per_video"]
+        return run_id(full), run_id(legacy)
+
+    one, before = ids(1)
+    assert one == before
+    three, _ = ids(3)
+    assert three != one
