@@ -210,13 +210,16 @@ def test_feature_cache_gives_identical_records(tmp_path: Path, data_root: Path) 
         assert _strip(a[name]) == _strip(b[name]), name
 
 
-def test_broken_video_becomes_error_record(tmp_path: Path, data_root: Path) -> None:
+@pytest.mark.parametrize("reuse", [(), ("measure.kv_reuse=2",)], ids=["full", "kv"])
+def test_broken_video_becomes_error_record(
+    tmp_path: Path, data_root: Path, reuse: tuple[str, ...]
+) -> None:
     broken = tmp_path / "data"
     shutil.copytree(data_root, broken)
     videos = sorted((broken / "videos").rglob("*.mp4"))
     videos[1].write_bytes(videos[1].read_bytes()[:200])  # truncated file
     root = tmp_path / "runs"
-    assert main(_argv(root, broken, "data.root=" + str(broken))) == 1
+    assert main(_argv(root, broken, "data.root=" + str(broken), *reuse)) == 1
     for name, records in _runs(root).items():
         status = [r["status"] for r in records]
         assert status == ["ok", "error", "ok"], name
@@ -406,6 +409,8 @@ def test_kv_reuse_records_carry_what_each_answer_computed(
         )
         assert lat[2]["prefill"] == lat[2]["question_prefill"]
         assert lat[0]["vision"] is not None and lat[1]["vision"] is None
+        # the reducer runs inside the prefix prefill, on the repeat's active timer
+        assert lat[0]["reducer"]["median"] > 0 and lat[1]["reducer"] is None
         for entry in lat:
             assert entry["e2e"]["median"] > entry["prefill"]["median"]
 
