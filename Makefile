@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 PLUGINS := $(sort $(dir $(wildcard plugins/*/pyproject.toml)))
 STAMP   := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit docs docs-outputs env study clean
+.PHONY: run test lint typecheck unit docs docs-outputs env study study-reuse clean
 
 $(STAMP): pyproject.toml constraints/cpu.txt $(wildcard plugins/*/pyproject.toml)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -54,6 +54,14 @@ study: $(STAMP)
 	$(BIN)/tokenred run -c experiments/demo_study_fastv.yaml output.root=$(STUDY_ROOT)
 	$(BIN)/tokenred report $(STUDY_ROOT)/demo_study $(STUDY_ROOT)/demo_study_fastv \
 		--out docs/study
+
+# The KV-reuse comparison of docs/study.md ("Several questions per video"): five
+# questions per video, every reducer with and without a shared video prefix.
+study-reuse: $(STAMP)
+	$(BIN)/tokenred run -c experiments/kv_reuse.yaml output.root=$(STUDY_ROOT)
+	$(BIN)/tokenred run -c experiments/kv_reuse_fastv.yaml output.root=$(STUDY_ROOT)
+	$(BIN)/tokenred report $(STUDY_ROOT)/kv_reuse $(STUDY_ROOT)/kv_reuse_fastv \
+		--out docs/study/reuse
 
 clean:
 	rm -rf $(VENV) site

@@ -210,29 +210,37 @@ def test_feature_cache_gives_identical_records(tmp_path: Path, data_root: Path) 
         assert _strip(a[name]) == _strip(b[name]), name
 
 
-def test_broken_video_becomes_error_record(tmp_path: Path, data_root: Path) -> None:
+@pytest.mark.parametrize("reuse", [(), ("measure.kv_reuse=2",)], ids=["full", "kv"])
+def test_broken_video_becomes_error_record(
+    tmp_path: Path, data_root: Path, reuse: tuple[str, ...]
+) -> None:
     broken = tmp_path / "data"
     shutil.copytree(data_root, broken)
     videos = sorted((broken / "videos").rglob("*.mp4"))
     videos[1].write_bytes(videos[1].read_bytes()[:200])  # truncated file
     root = tmp_path / "runs"
-    assert main(_argv(root, broken, "data.root=" + str(broken))) == 1
+    assert main(_argv(root, broken, "data.root=" + str(broken), *reuse)) == 1
     for name, records in _runs(root).items():
         status = [r["status"] for r in records]
         assert status == ["ok", "error", "ok"], name
         assert records[1]["error"], "the error record must say why"
 
 
-def test_kv_reuse_is_measured_for_query_agnostic_reducers(
+def test_kv_reuse_with_one_question_costs_a_full_prefill(
     tmp_path: Path, data_root: Path
 ) -> None:
-    argv = _argv(tmp_path, data_root, "measure.kv_reuse=2")
-    argv[argv.index("random")] = "sttm"
-    assert main(argv) == 0
-    rec = _runs(tmp_path)["sttm"][0]
-    assert rec["meta"]["kv_reuse"]["questions"] == 1
-    assert rec["meta"]["kv_reuse"]["same_answer"] is True
-    assert rec["latency_ms"]["kv_reuse_per_question"]["median"] > 0
+    """One question per video: prefix + question is exactly the full prefill."""
+    for name, extra in (("full", ()), ("reused", ("measure.kv_reuse=2",))):
+        argv = _argv(tmp_path / name, data_root, "measure.baseline=false", *extra)
+        argv[argv.index("random")] = "sttm"
+        assert main(argv) == 0
+    full, kv = _runs(tmp_path / "full")["sttm"], _runs(tmp_path / "reused")["sttm"]
+    for a, b in zip(full, kv, strict=True):
+        assert b["meta"]["kv_reuse"]["questions"] == 1
+        assert b["meta"]["kv_reuse"]["owns_prefix"] is True
+        assert b["text"] == a["text"] and b["schedule"] == a["schedule"]
+        assert b["flops"]["prefill"] == a["flops"]["prefill"]
+        assert b["flops"]["decode_per_token"] == a["flops"]["decode_per_token"]
 
 
 def test_query_dependent_reducer_skips_kv_reuse(
@@ -249,6 +257,25 @@ def test_query_dependent_reducer_skips_kv_reuse(
     assert main(argv) == 0
     rec = _runs(tmp_path)["fastv"][0]
     assert "kv_reuse" not in rec["meta"]
+    manifests = {
+        json.loads(m.read_text())["config"]["reducer"]["name"]: json.loads(
+            m.read_text()
+        )["measurement"]["kv_reuse"]
+        for m in tmp_path.glob("*/*/manifest.json")
+    }
+    assert manifests["fastv"] == {
+        "requested": 2,
+        "applied": 0,
+        "query_agnostic": False,
+    }
+    assert manifests["none"]["applied"] == 2
+    from tokenred.report import main_report
+
+    table = (main_report([tmp_path], tmp_path / "report") / "reuse.md").read_text()
+    fastv = next(line for line in table.splitlines() if "| fastv (K=2) |" in line)
+    assert fastv.count("not reusable") == 5, fastv
+    unreduced = next(line for line in table.splitlines() if "| unreduced |" in line)
+    assert "not reusable" not in unreduced
 
 
 def test_calibrate_fits_thresholds_that_reach_the_average_budget(
@@ -303,51 +330,89 @@ def test_incompatible_point_fails_before_anything_runs(
     assert not list(tmp_path.glob("*/*/samples.jsonl")), "the baseline ran anyway"
 
 
-class _TwoQuestionsPerVideo:
-    """Plugin: the synthetic split with every video asked twice (as Video-MME does)."""
+@pytest.fixture(scope="module")
+def three_per_video(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, Any]:
+    """STTM at 30 % on 2 videos x 3 questions, with and without KV reuse."""
+    data = tmp_path_factory.mktemp("synth3")
+    root = tmp_path_factory.mktemp("runs3")
+    common = [
+        "run",
+        "--reducer",
+        "sttm",
+        "--budget",
+        "0.3",
+        f"data.root={data}",
+        "data.num_videos=2",
+        "data.questions_per_video=3",
+        "model.max_new_tokens=2",
+        "measure.baseline=false",
+        "measure.repeats=1",
+        "measure.warmup=0",
+    ]
+    assert main([*common, f"output.root={root / 'full'}"]) == 0
+    assert main([*common, f"output.root={root / 'kv'}", "measure.kv_reuse=3"]) == 0
+    return {
+        "full": _runs(root / "full")["sttm"],
+        "kv": _runs(root / "kv")["sttm"],
+        "root": root,
+    }
 
-    @hookimpl
-    def register_datasets(self, register: Any) -> None:
-        from dataclasses import dataclass, replace
 
-        from tokenred.builtin.synthetic import SyntheticConfig, SyntheticDataset
-
-        @dataclass
-        class TwiceConfig(SyntheticConfig):
-            name: str = "twice"
-
-        class Twice(SyntheticDataset):
-            """Synthetic questions, each video asked twice."""
-
-            name = "twice"
-            Config = TwiceConfig
-
-            def load(self) -> list[Any]:
-                out = []
-                for s in super().load():
-                    out += [s, replace(s, id=s.id + "-again")]
-                return out
-
-        register(Twice)
-
-
-def test_kv_reuse_amortises_the_prefix_over_questions_of_a_video(
-    tmp_path: Path, data_root: Path
+def test_kv_reuse_answers_equal_full_prefill_answers(
+    three_per_video: dict[str, Any],
 ) -> None:
-    argv = _argv(tmp_path, data_root, "measure.kv_reuse=2", "measure.baseline=false")
-    argv[argv.index("random")] = "sttm"
-    code = main([*argv, "--data", "twice"], plugins=[_TwoQuestionsPerVideo()])
-    assert code == 0
-    records = _runs(tmp_path)["sttm"]
-    assert len(records) == 6
-    for first, again in zip(records[::2], records[1::2]):
-        assert again["id"] == first["id"] + "-again"
-        a, b = first["meta"]["kv_reuse"], again["meta"]["kv_reuse"]
-        assert a["questions"] == b["questions"] == 2
-        assert a["prefix_ms"] == b["prefix_ms"], "one prefix per video"
-        assert a["same_answer"] and b["same_answer"], "reuse changed an answer"
-        per_q = first["latency_ms"]["kv_reuse_per_question"]["median"]
-        assert per_q == pytest.approx(a["prefix_ms"] / 2 + a["answer_ms"])
+    full, kv = three_per_video["full"], three_per_video["kv"]
+    assert [r["id"] for r in kv] == [r["id"] for r in full]
+    assert len(kv) == 6 and len({r["video_id"] for r in kv}) == 2
+    for a, b in zip(full, kv, strict=True):
+        assert b["text"] == a["text"], f"{b['id']}: reuse changed the answer"
+        assert b["schedule"] == a["schedule"]
+        assert b["n_visual_out"] == a["n_visual_out"]
+
+
+def test_kv_reuse_records_carry_what_each_answer_computed(
+    three_per_video: dict[str, Any],
+) -> None:
+    from tokenred.adapter import AdapterConfig, create_adapter
+    from tokenred.measure import prefix_flops, suffix_flops
+    from tokenred.plugins import get_plugin_manager
+    from tokenred.registry import Registries
+
+    regs = Registries.from_plugin_manager(get_plugin_manager())
+    adapter = create_adapter(regs.models, AdapterConfig(name="tiny"))
+    adapter.load()
+    arch = adapter.arch
+    full, kv = three_per_video["full"], three_per_video["kv"]
+    for v in range(2):
+        video, alone = kv[3 * v : 3 * v + 3], full[3 * v : 3 * v + 3]
+        infos = [r["meta"]["kv_reuse"] for r in video]
+        assert [i["index"] for i in infos] == [0, 1, 2]
+        assert [i["owns_prefix"] for i in infos] == [True, False, False]
+        prefix = [s - infos[0]["question_tokens"] for s in video[0]["schedule"]]
+        head = prefix_flops(arch, prefix).total
+        for r, i, a in zip(video, infos, alone, strict=True):
+            tail = suffix_flops(arch, prefix, i["question_tokens"]).total
+            assert i["prefix_flops"] == head and i["question_flops"] == tail
+            assert r["flops"]["prefill"] == tail + (head if i["owns_prefix"] else 0)
+            # the causal split is exact: prefix + question == full prefill
+            assert head + tail == a["flops"]["prefill"]
+        total = sum(r["flops"]["prefill"] for r in video)
+        assert total == head + sum(i["question_flops"] for i in infos)
+        assert total < sum(a["flops"]["prefill"] for a in alone)
+        # latency split: the prefix is timed once, on the answer that built it
+        lat = [r["latency_ms"] for r in video]
+        assert lat[0]["prefix"]["median"] > 0 and lat[1]["prefix"] is None
+        assert lat[0]["prefill"]["median"] == pytest.approx(
+            lat[0]["prefix"]["median"] + lat[0]["question_prefill"]["median"]
+        )
+        assert lat[2]["prefill"] == lat[2]["question_prefill"]
+        assert lat[0]["vision"] is not None and lat[1]["vision"] is None
+        # the reducer runs inside the prefix prefill, on the repeat's active timer
+        assert lat[0]["reducer"]["median"] > 0 and lat[1]["reducer"] is None
+        for entry in lat:
+            assert entry["e2e"]["median"] > entry["prefill"]["median"]
 
 
 def test_new_weights_at_the_same_path_start_new_runs(
@@ -409,3 +474,25 @@ def test_a_run_fires_every_hook_in_order(
         assert config.reducer.name == written["reducer"]["name"]
         stored = [r.to_dict() for r in store.records()]
         assert [r.to_dict() for _, r in samples] == stored, "after_sample != records"
+
+
+def test_reuse_report_compares_the_cost_per_question(
+    three_per_video: dict[str, Any],
+) -> None:
+    from tokenred.report import load_runs
+    from tokenred.reuse_report import reuse_frame
+
+    full, kv = three_per_video["full"], three_per_video["kv"]
+    frame = reuse_frame(load_runs([three_per_video["root"]]))
+    row = frame[frame["reducer"] == "sttm"].iloc[0]
+    assert row["questions_per_video"] == 3 and row["kv_reuse"] == 3
+    mean = sum(r["flops"]["prefill"] for r in full) / 6
+    assert row["flops_full"] == pytest.approx(mean)
+    assert row["flops_reuse"] == pytest.approx(
+        sum(r["flops"]["prefill"] for r in kv) / 6
+    )
+    assert row["video_in_answers"] == pytest.approx(
+        sum(r["flops"]["prefill"] for r in kv) / 2 / mean
+    )
+    assert 1 < row["video_in_answers"] < 3
+    assert row["same_answers_pct"] == 100.0

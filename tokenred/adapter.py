@@ -269,6 +269,21 @@ class ModelAdapter(ABC):
     ) -> Generation:
         """Answer one question from a copy of a prefix cache."""
 
+    def prefill_question(self, prefix: PrefixCache, prompt: str) -> PrefillResult:
+        """Prefill one question after a copy of a prefix cache; decode it next.
+
+        :meth:`answer` is this followed by :meth:`decode`; KV-reuse measurement
+        calls the two separately to time question prefill and decoding apart.
+
+        Raises:
+            CompatibilityError: The adapter answers from a prefix only as a whole.
+        """
+        msg = (
+            f"model '{self.name}' does not expose prefill_question; run it without "
+            "measure.kv_reuse"
+        )
+        raise CompatibilityError(msg)
+
     def weights_identity(self) -> str | None:
         """Return a short fingerprint of the weights this adapter loads, if known.
 

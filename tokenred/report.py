@@ -12,7 +12,10 @@ writes into the output folder:
   present: the mean of per-dataset relative values, as the paper averages;
 * ``acc_vs_ratio`` and ``acc_vs_flops`` as PNG and SVG, the second with a Pareto
   frontier; ``acc_vs_ttft`` (with a frontier) only when every timed run was timed on a
-  GPU, or when asked for (``tokenred report --latency``).
+  GPU, or when asked for (``tokenred report --latency``);
+* ``reuse.csv`` / ``reuse.md`` when a run used KV reuse or asks several questions
+  per video: per-question cost with and without a shared video prefix
+  (:mod:`tokenred.reuse_report`).
 
 Reports never import models. Latency measured on a CPU is labelled as CPU latency
 everywhere, its spread (IQR) is printed beside its median, and it is not drawn as a
@@ -79,6 +82,11 @@ class Run:
         method = "unreduced" if reducer == BASELINE_REDUCER else reducer
         if reducer != BASELINE_REDUCER and stage == "in_llm":
             method = f"{reducer} (K={layer})"
+        from tokenred.reuse_report import KV_SUFFIX, reuse_state
+
+        kv_reuse = reuse_state(self)["applied"]
+        if kv_reuse:
+            method += KV_SUFFIX
         device = self.manifest.get("device", {})
         return {
             "run_id": self.manifest.get("run_id", self.path.name),
@@ -92,6 +100,7 @@ class Run:
             "device": device.get("kind", "?"),
             "device_name": device.get("name", ""),
             "random_weights": bool(self.manifest.get("random_weights")),
+            "kv_reuse": kv_reuse,
         }
 
 
@@ -265,6 +274,8 @@ def summary_frame(samples: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (model, dataset), group in samples.groupby(["model", "dataset"], sort=True):
         base_runs = group[group["reducer"] == BASELINE_REDUCER]
+        if (base_runs["kv_reuse"] == 0).any():  # full prefills are the reference
+            base_runs = base_runs[base_runs["kv_reuse"] == 0]
         base_id = None
         if len(base_runs):
             sizes = base_runs.groupby("run_id").size().sort_values(ascending=False)
@@ -721,6 +732,17 @@ def main_report(
             "# Dataset metrics per run\n\n" + metrics_markdown(metrics),
             encoding="utf-8",
         )
+    from tokenred.reuse_report import (
+        REUSE_FILE,
+        reuse_frame,
+        reuse_markdown,
+        wants_reuse_table,
+    )
+
+    if wants_reuse_table(runs):
+        reuse = reuse_frame(runs)
+        reuse.to_csv(out / f"{REUSE_FILE}.csv", index=False)
+        (out / f"{REUSE_FILE}.md").write_text(reuse_markdown(reuse), encoding="utf-8")
     figures = make_figures(summary, latency)
     save_figures(figures, out)
     remove_stale_figures(out, list(figures))

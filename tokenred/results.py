@@ -62,9 +62,24 @@ class RunLockedError(RunStoreError):
     """Another process is writing to the same run directory."""
 
 
+IMPLIED_BEFORE: dict[tuple[str, str], Any] = {("data", "questions_per_video"): 1}
+"""Config keys added after run stores existed, with the value every earlier run had.
+
+At that value such a key is left out of the run id, so stores written before the
+key existed keep their ids and resume; any other value is part of the id.
+"""
+
+
 def canonical_config(config: Mapping[str, Any]) -> str:
-    """Return the canonical JSON of a resolved config, without ``output``."""
+    """Return the canonical JSON of a resolved config, without ``output``.
+
+    Keys of :data:`IMPLIED_BEFORE` at their implied value are left out too.
+    """
     body = {k: v for k, v in jsonable(config).items() if k != "output"}
+    for (section, key), implied in IMPLIED_BEFORE.items():
+        part = body.get(section)
+        if isinstance(part, dict) and key in part and part[key] == implied:
+            body[section] = {k: v for k, v in part.items() if k != key}
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 

@@ -31,6 +31,7 @@ def collect_manifest(
     pm: TokenredPluginManager | None,
     *,
     compute: Mapping[str, Any] | None = None,
+    kv_reuse: Mapping[str, Any] | None = None,
 ) -> RunManifest:
     """Build the manifest of a run whose model is loaded.
 
@@ -41,6 +42,9 @@ def collect_manifest(
         pm: The plugin manager, whose plugins are listed with their versions.
         compute: The thread and determinism settings the run used
             (:class:`tokenred.determinism.ComputeSettings`).
+        kv_reuse: The ``measure.kv_reuse`` request and what applied
+            (:func:`tokenred.reuse.manifest_entry`); the report's reuse table
+            reads it.
     """
     desc = adapter.describe()
     device = loaded_device(adapter, cfg)
@@ -58,6 +62,8 @@ def collect_manifest(
             "warmup": cfg.measure.warmup,
             "repeats": cfg.measure.repeats,
             "compute": dict(compute or {}),
+            # absent (not "none applied") when the caller did not say
+            **({"kv_reuse": dict(kv_reuse)} if kv_reuse is not None else {}),
             "model": desc,
         },
     )

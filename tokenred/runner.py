@@ -8,8 +8,9 @@ A study goes through four steps, each owned by its own module:
    samples already recorded, load the model and write the manifest
    (:mod:`tokenred.runfiles`);
 3. **samples**: per video, read the features (:mod:`tokenred.videos`), hand each
-   question to the measurement protocol (:mod:`tokenred.protocol`) and, when
-   ``measure.kv_reuse`` asks, run the KV-reuse step (:mod:`tokenred.reuse`);
+   question to the measurement protocol (:mod:`tokenred.protocol`) or, when
+   ``measure.kv_reuse`` asks and the reducer is query-agnostic, to the KV-reuse
+   step, whose records are the answers from a shared prefix (:mod:`tokenred.reuse`);
 4. **records**: append each record durably, then aggregate ``metrics.json``.
 
 Nothing here knows a particular model or reducer, nothing here prints: the CLI
@@ -28,7 +29,7 @@ from tokenred.baselines import with_baselines
 from tokenred.config import to_dict, to_yaml
 from tokenred.protocol import SampleProtocol
 from tokenred.results import RunStore
-from tokenred.reuse import KVReuse
+from tokenred.reuse import KVReuse, manifest_entry
 from tokenred.runfiles import collect_manifest, loaded_device, write_metrics
 from tokenred.videos import VideoSource, by_video
 
@@ -144,7 +145,14 @@ def run_experiment(
             outcome.metrics = write_metrics(store, dataset)
             return outcome
         adapter.load()
-        manifest = collect_manifest(keyed, cfg, adapter, pm, compute=settings.to_dict())
+        manifest = collect_manifest(
+            keyed,
+            cfg,
+            adapter,
+            pm,
+            compute=settings.to_dict(),
+            kv_reuse=manifest_entry(protocol),
+        )
         store.write_manifest(manifest)
         if pm is not None:
             pm.hook.before_run(config=cfg, manifest=manifest)
@@ -159,10 +167,8 @@ def run_experiment(
                 for sample in group:
                     _append(store, protocol.measure(sample, source)[0], outcome, pm)
                 continue
-            # One video's questions: answer each, then the per-video reuse step.
-            measured = [protocol.measure(sample, source) for sample in group]
-            reuse.annotate(group, measured)
-            for record, _ in measured:
+            # One video's questions answered from shared prefixes (reused answers).
+            for record in reuse.records(group, source):
                 _append(store, record, outcome, pm)
         outcome.metrics = write_metrics(store, dataset)
         if pm is not None:

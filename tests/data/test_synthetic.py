@@ -235,3 +235,115 @@ def test_missing_video_is_regenerated(
         Path(dataset(tmp_path, num_videos=4).samples()[2].video).read_bytes()
         == original
     )
+
+
+# -- several questions per video (data.questions_per_video) -------------------------
+
+ONE_QUESTION_DIGEST = "27875c3a6c26fb3a3c29c1ad6f5566e5b3d40e3a2a9a8fbc0074b95f9a55bbd0"
+"""SHA-256 of the annotation records and frames of the first 20 test and train
+samples before questions_per_video existed: K = 1 must keep generating them."""
+
+
+def test_one_question_per_video_is_byte_identical_to_before() -> None:
+    import hashlib
+    import json
+
+    from tokenred.builtin.synthetic import make_video
+
+    cfg = SyntheticConfig()
+    assert cfg.questions_per_video == 1
+    assert cfg.cache_key() == "61f17f1d4397b514", "the K = 1 cache key changed"
+    digest = hashlib.sha256()
+    for split in ("test", "train"):
+        for i in range(20):
+            records, frames = make_video(cfg, split, i)
+            assert len(records) == 1
+            digest.update(json.dumps(records[0], sort_keys=True).encode())
+            digest.update(frames.tobytes())
+    assert digest.hexdigest() == ONE_QUESTION_DIGEST
+
+
+@pytest.fixture(scope="module")
+def asked_four(tmp_path_factory: pytest.TempPathFactory) -> SyntheticDataset:
+    root = tmp_path_factory.mktemp("synth4")
+    return dataset(root, num_videos=12, questions_per_video=4)
+
+
+def test_several_questions_share_one_video(asked_four: SyntheticDataset) -> None:
+    samples = asked_four.samples()
+    assert len(samples) == 48
+    by_video: dict[str, list[Sample]] = {}
+    for s in samples:
+        by_video.setdefault(s.video_id, []).append(s)
+    assert len(by_video) == 12
+    for vid, qs in by_video.items():
+        assert [s.id for s in qs] == [f"{vid}-q{k}" for k in range(4)]
+        assert len({s.video for s in qs}) == 1
+        assert sorted(s.meta["task"] for s in qs) == sorted(
+            ["needle_color", "direction", "count", "order"]
+        )
+        assert sorted(s.answer or "" for s in qs) == list("ABCD")
+    assert len(list((asked_four.root / "videos").rglob("*.mp4"))) == 12
+    assert asked_four.root.name != SyntheticConfig().cache_key()
+
+
+def test_oracle_answers_every_question_of_a_shared_video(
+    asked_four: SyntheticDataset,
+) -> None:
+    """Each question stays answerable from the frames with the others' objects on
+    screen (the needle is the only brief object, the mover the only one moving)."""
+    wrong = []
+    frames: dict[str, np.ndarray] = {}
+    for s in asked_four.samples():
+        if s.video not in frames:
+            frames[s.video] = asked_four.decode_frames(s).frames
+        if oracle(s, frames[s.video]) != s.answer:
+            wrong.append((s.id, s.meta["task"], s.meta["state"]))
+    assert not wrong, f"oracle failed on {len(wrong)}: {wrong[:3]}"
+
+
+def test_five_questions_add_a_second_mover(tmp_path: Path) -> None:
+    samples = dataset(tmp_path, num_videos=6, questions_per_video=5).samples()
+    assert len(samples) == 30
+    for k in range(6):
+        qs = samples[5 * k : 5 * k + 5]
+        movers = [s.meta["state"] for s in qs if s.meta["task"] == "direction"]
+        assert len(movers) == 2
+        assert movers[0]["color"] == movers[1]["color"]
+        assert movers[0]["shape"] != movers[1]["shape"] != "circle"
+        assert len({s.question for s in qs}) == 5, "a question repeats"
+    with pytest.raises(ConfigError, match="questions_per_video"):
+        SyntheticConfig(questions_per_video=6)
+    with pytest.raises(ConfigError, match="questions_per_video"):
+        SyntheticConfig(questions_per_video=0)
+
+
+def test_a_root_holds_one_question_layout_only(
+    asked_four: SyntheticDataset, tmp_path: Path
+) -> None:
+    root = str(asked_four.root)
+    with pytest.raises(ConfigError, match="several questions per video"):
+        SyntheticDataset(SyntheticConfig(root=root, num_videos=2)).samples()
+    with pytest.raises(ConfigError, match="one question per video"):
+        one = dataset(tmp_path, num_videos=2)
+        one.samples()
+        dataset(tmp_path, num_videos=2, questions_per_video=3).samples()
+
+
+def test_one_question_per_video_keeps_the_run_ids_of_earlier_stores() -> None:
+    """``questions_per_video = 1`` is what every run had before the key existed, so
+    it is left out of the run id (stores resume); any other value is part of it."""
+    from tokenred.config import load_config, to_dict
+    from tokenred.results import run_id
+
+    def ids(k: int) -> tuple[str, str]:
+        cfg = load_config(overrides=[f"data.questions_per_video={k}"])
+        full = to_dict(cfg)
+        legacy = {**full, "data": dict(full["data"])}
+        del legacy["data"]["questions_per_video"]
+        return run_id(full), run_id(legacy)
+
+    one, before = ids(1)
+    assert one == before
+    three, _ = ids(3)
+    assert three != one

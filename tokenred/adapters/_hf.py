@@ -411,5 +411,9 @@ class HFVideoAdapter(ModelAdapter):
         self, prefix: PrefixCache, prompt: str, max_new_tokens: int | None = None
     ) -> Generation:
         """Answer ``prompt`` from a copy of ``prefix``'s cache (the prefix is kept)."""
-        state = prefill_from_prefix(self, prefix, prompt)
-        return self.decode(state, max_new_tokens)
+        return self.decode(self.prefill_question(prefix, prompt), max_new_tokens)
+
+    def prefill_question(self, prefix: PrefixCache, prompt: str) -> PrefillResult:
+        """Prefill ``prompt`` after a copy of ``prefix``'s cache (decode it next)."""
+        self._require_loaded()
+        return prefill_from_prefix(self, prefix, prompt)

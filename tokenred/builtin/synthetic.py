@@ -7,6 +7,12 @@ object visible in one time slot only (needle), the direction an object moves,
 how many times a light flashes, and which of two objects appears first. Answers are
 balanced over the letters A-D and the types in every block of 16 questions.
 
+With ``questions_per_video = K > 1`` every video carries the events of K questions of
+distinct types (a fifth asks about a second mover) and is asked all of them, as
+Video-MME asks three questions per video: the layout where a cached video prefix
+serves several answers (``measure.kv_reuse``). ``K = 1`` (the default) generates
+exactly the one-question splits the demo model was trained on.
+
 Generation is deterministic: sample ``i`` of a split depends only on ``(seed,
 split, i)``, libx264 runs single-threaded, and the annotation is written with sorted
 keys, so the same config yields the same annotation bytes and decoded frames. The
@@ -34,6 +40,7 @@ from tokenred.builtin.synthetic_render import (
     COLORS,
     COUNTS,
     DIRECTIONS,
+    MAX_QUESTIONS,
     QUESTIONS,
     SHAPES,
     TASKS,
@@ -80,8 +87,16 @@ class SyntheticConfig(DataConfig):
     num_videos: int | None = field(
         default=None,
         metadata={
-            "help": "videos (= questions) in the split; "
-            "null: 2000 train, 200 val, 100 test"
+            "help": "videos in the split (questions: num_videos x "
+            "questions_per_video); null: 2000 train, 200 val, 100 test"
+        },
+    )
+    questions_per_video: int = field(
+        default=1,
+        metadata={
+            "help": "questions asked about each video, of distinct task types "
+            f"(1 to {MAX_QUESTIONS}; the fifth asks about a second mover); "
+            "1 keeps the one-question splits the demo model was trained on"
         },
     )
     source_frames: int = field(default=32, metadata={"help": "frames per video"})
@@ -106,6 +121,12 @@ class SyntheticConfig(DataConfig):
         if self.size < 48 or self.size % 2:
             msg = f"data.size must be even and >= 48, got {self.size}"
             raise ConfigError(msg)
+        if not 1 <= self.questions_per_video <= MAX_QUESTIONS:
+            msg = (
+                f"data.questions_per_video must lie in 1..{MAX_QUESTIONS}, got "
+                f"{self.questions_per_video}"
+            )
+            raise ConfigError(msg)
         if self.num_videos is not None and self.num_videos < 0:
             msg = f"data.num_videos must be >= 0 or null, got {self.num_videos}"
             raise ConfigError(msg)
@@ -120,6 +141,8 @@ class SyntheticConfig(DataConfig):
             "size": self.size,
             "fps": self.fps,
         }
+        if self.questions_per_video > 1:  # K = 1 keeps the one-question key
+            spec["questions_per_video"] = self.questions_per_video
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[
             :16
         ]
@@ -194,7 +217,7 @@ class SyntheticDataset(VideoDataset):
         path = self.annotation_path()
         data = read_json(path, self.name)
         out = []
-        for i, raw in enumerate(data[:n]):
+        for i, raw in enumerate(data[: n * self.cfg.questions_per_video]):
             rec = Record(raw, path, i, "question_id")
             options = rec.options("options")
             question = rec.text("question")
@@ -230,6 +253,74 @@ def _plan(seed: int, split: str, index: int) -> tuple[str, int]:
     return TASKS[task], answer
 
 
+def _plan_many(seed: int, split: str, index: int, k: int) -> list[tuple[str, int]]:
+    """Return (task, answer position) of each of the ``k`` questions of a video.
+
+    The first four take distinct tasks in a seeded order and distinct letters (so a
+    needle and an order question never share an answer colour); a fifth asks the
+    direction of a second mover.
+    """
+    rng = np.random.default_rng([seed, zlib.crc32(split.encode()), index, 11, k])
+    tasks = [TASKS[int(t)] for t in rng.permutation(len(TASKS))][:k]
+    tasks += ["direction"] * (k - len(tasks))
+    letters = rng.permutation(NUM_OPTIONS)
+    return [(t, int(letters[j % NUM_OPTIONS])) for j, t in enumerate(tasks)]
+
+
+_LAYOUT_TRIES = 50
+
+
+def make_video(
+    cfg: SyntheticConfig, split: str, index: int
+) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """Return the annotation records of video ``index`` and its frames.
+
+    With ``questions_per_video == 1`` this is :func:`make_sample`'s one record;
+    otherwise one record per question, ids ``<video_id>-q<k>``, one shared video.
+    """
+    k = cfg.questions_per_video
+    if k == 1:
+        record, frames = make_sample(cfg, split, index)
+        return [record], frames
+    plan = _plan_many(cfg.seed, split, index, k)
+    tasks, answers = [t for t, _ in plan], [a for _, a in plan]
+    for attempt in range(_LAYOUT_TRIES):
+        # A crowded random layout can leave no room for the last object: lay the
+        # scene out again from the next seeded stream (still deterministic).
+        seq = [cfg.seed, zlib.crc32(split.encode()), index, k, attempt]
+        builder = SceneBuilder(
+            np.random.default_rng(seq), cfg.source_frames, cfg.slots, cfg.size
+        )
+        try:
+            scene, questions = builder.build_many(tasks, answers)
+            break
+        except RuntimeError:
+            if attempt == _LAYOUT_TRIES - 1:
+                msg = (
+                    f"synthetic: {k} questions' objects do not fit a {cfg.size}px "
+                    "frame; raise data.size or lower data.questions_per_video"
+                )
+                raise ConfigError(msg) from None
+    frames = render(scene, cfg.source_frames, cfg.size)
+    vid = f"synth-{split}-{index:05d}"
+    records = [
+        {
+            "video_id": vid,
+            "question_id": f"{vid}-q{j}",
+            "video": f"videos/{split}/{vid}.mp4",
+            "question": q.question,
+            "options": q.options,
+            "answer": "ABCD"[q.answer],
+            "task_type": q.task,
+            "duration": "short",
+            "video_second": cfg.source_frames / cfg.fps,
+            "state": q.state,
+        }
+        for j, q in enumerate(questions)
+    ]
+    return records, frames
+
+
 def make_sample(
     cfg: SyntheticConfig, split: str, index: int
 ) -> tuple[dict[str, Any], np.ndarray]:
@@ -257,31 +348,57 @@ def make_sample(
 
 
 def ensure_split(root: Path, cfg: SyntheticConfig, split: str, n: int) -> Path:
-    """Generate the first ``n`` samples of ``split`` under ``root`` unless present.
+    """Generate the first ``n`` videos of ``split`` under ``root`` unless present.
 
     Existing videos are kept (they are deterministic); the annotation file is
-    rewritten atomically when it holds fewer than ``n`` records.
+    rewritten atomically when it holds fewer than ``n`` videos' records.
 
     Returns:
         The annotation file.
     """
     path = root / "annotations" / f"{split}.json"
-    if _complete(root, path, n):
+    total = n * cfg.questions_per_video
+    _check_layout(path, cfg.questions_per_video)
+    if _complete(root, path, total):
         return path
     root.mkdir(parents=True, exist_ok=True)
     with _locked(root / ".lock"):
-        if _complete(root, path, n):
+        if _complete(root, path, total):
             return path
         log.info("synthetic: generating %d %s videos under %s", n, split, root)
         records = []
         for i in range(n):
-            record, frames = make_sample(cfg, split, i)
-            video = root / record["video"]
+            video_records, frames = make_video(cfg, split, i)
+            video = root / video_records[0]["video"]
             if not video.is_file():
                 write_video(video, frames, cfg.fps)
-            records.append(record)
+            records += video_records
         _write_json(path, records)
     return path
+
+
+def _check_layout(path: Path, k: int) -> None:
+    """Refuse a split generated with another ``questions_per_video`` at ``path``.
+
+    Under the keyed cache the two never share a root; an explicit ``data.root``
+    could, and its videos (same file names, other scenes) would be silently reused.
+
+    Raises:
+        ConfigError: The annotation file's first record has the other id layout.
+    """
+    try:
+        first = json.loads(path.read_text(encoding="utf-8"))[0]
+        qid, vid = str(first["question_id"]), str(first["video_id"])
+    except (OSError, ValueError, LookupError, TypeError):
+        return  # missing or unreadable: generation rewrites it
+    if (qid == vid) != (k == 1):
+        found = "one question" if qid == vid else "several questions"
+        msg = (
+            f"synthetic: {path} holds a split with {found} per video, but "
+            f"data.questions_per_video={k}; use another data.root (or leave it "
+            "null for the keyed cache)"
+        )
+        raise ConfigError(msg)
 
 
 def _complete(root: Path, path: Path, n: int) -> bool:

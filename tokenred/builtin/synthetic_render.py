@@ -69,6 +69,9 @@ QUESTIONS: dict[str, str] = {
 }
 TASKS: tuple[str, ...] = ("needle", "direction", "count", "order")
 """The four balanced question types."""
+MAX_QUESTIONS = 5
+"""Most questions one video can carry: one per task, plus a second mover (its
+direction question names its shape, which tells the two movers apart)."""
 OPTIONS: dict[str, tuple[str, ...]] = {
     "needle_color": ANSWER_COLORS,
     "direction": DIRECTIONS,
@@ -102,6 +105,17 @@ class Scene:
     """[F] int row of the sky/ground boundary (drifts slowly)."""
     block: tuple[int, int, int, int, tuple[int, int, int]] | None
     """Static rectangle (x, y, w, h, colour) or None."""
+    task: str
+    question: str
+    options: list[str]
+    answer: int
+    state: dict[str, Any]
+
+
+@dataclass
+class Question:
+    """One question about a scene that carries several (``build_many``)."""
+
     task: str
     question: str
     options: list[str]
@@ -178,6 +192,94 @@ class SceneBuilder:
             sprites, *self._background(), name, question, options, answer, state
         )
 
+    def build_many(
+        self, tasks: list[str], answers: list[int]
+    ) -> tuple[Scene, list[Question]]:
+        """Return one scene carrying the events of several questions, and those.
+
+        Video-MME asks three questions about each video; this asks one question
+        per task of ``tasks`` about one clip. The objects keep the colour rules of
+        the single-question scenes: answer colours go to the brief object and the
+        two order objects only, distractor colours to the lamp and the movers, so
+        no object's colour answers a question that is not about it. A needle shows
+        after the first order object appears, so that "appears first" stays
+        unambiguous. The single-question companions are left out: the other
+        questions' objects take their place.
+
+        Args:
+            tasks: Task of each question (each task once, except ``direction``,
+                which may repeat: its question names colour and shape).
+            answers: Correct option of each question; a needle and an order
+                question must have different answers (their colours differ).
+
+        Raises:
+            ValueError: For inconsistent tasks or answers (a generator bug).
+        """
+        at = {t: [i for i, x in enumerate(tasks) if x == t] for t in TASKS}
+        if len(tasks) != len(answers) or sum(map(len, at.values())) != len(tasks):
+            msg = f"build_many: bad tasks {tasks} for answers {answers}"
+            raise ValueError(msg)
+        if any(len(at[t]) > 1 for t in ("needle", "count", "order")):
+            msg = f"build_many: only direction may repeat, got {tasks}"
+            raise ValueError(msg)
+        needle = [ANSWER_COLORS[answers[i]] for i in at["needle"]]
+        lamp_color, mover_color = self._colors(2, ANSWER_COLORS)
+        sprites: list[Sprite] = []
+        out: dict[int, Question] = {}
+        state: dict[str, Any]
+        # The movers' long boxes go first, while the frame is still empty.
+        shapes = [s for s in SHAPES if s != "circle"]  # the lamp is a circle
+        picked = self.rng.choice(len(shapes), size=len(at["direction"]), replace=False)
+        for i, j in zip(at["direction"], picked):
+            shape, direction = shapes[int(j)], DIRECTIONS[answers[i]]
+            sprites.append(self._mover(mover_color, shape, direction))
+            text = QUESTIONS["direction"].format(color=mover_color, shape=shape)
+            state = {"color": mover_color, "shape": shape, "direction": direction}
+            opts = list(OPTIONS["direction"])
+            out[i] = Question("direction", text, opts, answers[i], state)
+        after = 1
+        for i in at["order"]:
+            first = ANSWER_COLORS[answers[i]]
+            if first in needle:
+                msg = f"build_many: needle and order share the answer {first}"
+                raise ValueError(msg)
+            second = self._colors(1, (first, *needle, *DISTRACTOR_COLORS))[0]
+            # Both stay >= 3 slots, so neither looks like the brief needle.
+            t1 = int(self.rng.integers(0, self.slots - 6))
+            t2 = int(self.rng.integers(t1 + 2, self.slots - 3))
+            for c, t in ((first, t1), (second, t2)):
+                shown = self._slot_mask(list(range(t, self.slots)))
+                sprites.append(self._static(c, self._shape(), shown))
+            state = {"first": first, "second": second, "slots": [t1, t2]}
+            opts = list(OPTIONS["order"])
+            out[i] = Question("order", QUESTIONS["order"], opts, answers[i], state)
+            after = t1 + 1
+        for i in at["needle"]:
+            color, shape = ANSWER_COLORS[answers[i]], self._shape()
+            slot = int(self.rng.integers(after, self.slots - 1))
+            sprites.append(self._static(color, shape, self._slot_mask([slot])))
+            state = {"slot": slot, "color": color, "shape": shape, "persistent": []}
+            text, opts = QUESTIONS["needle_color"], list(OPTIONS["needle_color"])
+            out[i] = Question("needle_color", text, opts, answers[i], state)
+        for i in at["count"]:
+            lamp, slots = self._lamp(lamp_color, answers[i] + 1)
+            sprites += lamp
+            text = QUESTIONS["count"].format(color=lamp_color)
+            state = {"color": lamp_color, "slots": slots}
+            out[i] = Question("count", text, list(OPTIONS["count"]), answers[i], state)
+        questions = [out[i] for i in range(len(tasks))]
+        q = questions[0]
+        scene = Scene(
+            sprites,
+            *self._background(),
+            q.task,
+            q.question,
+            q.options,
+            q.answer,
+            q.state,
+        )
+        return scene, questions
+
     # -- helpers -------------------------------------------------------------------
 
     def _background(self) -> tuple[Any, Any, np.ndarray, Any]:
@@ -219,6 +321,23 @@ class SceneBuilder:
             ):
                 self.taken.append((x, y, w, h))
                 return x, y
+        # Crowded (several questions' objects): pick among every free corner.
+        xs = np.arange(margin, self.size - int(w) - margin + 1, dtype=np.float64)
+        ys = np.arange(margin, self.size - int(h) - margin + 1, dtype=np.float64)
+        gx, gy = (g.ravel() for g in np.meshgrid(xs, ys))  # [C] each
+        free = np.ones(gx.shape, bool)  # [C]
+        for ax, ay, aw, ah in self.taken:
+            free &= (
+                (gx + w + margin <= ax)
+                | (ax + aw + margin <= gx)
+                | (gy + h + margin <= ay)
+                | (ay + ah + margin <= gy)
+            )
+        if free.any():
+            k = int(self.rng.choice(np.flatnonzero(free)))
+            x, y = float(gx[k]), float(gy[k])
+            self.taken.append((x, y, w, h))
+            return x, y
         msg = "synthetic scene: no free space for another object; use a larger size"
         raise RuntimeError(msg)
 
@@ -267,6 +386,14 @@ class SceneBuilder:
     def _direction(self, answer: int) -> Built:
         color, other = self._pair()
         shape, direction = self._shape(), DIRECTIONS[answer]
+        mover = self._mover(color, shape, direction)
+        sprites = [mover, self._static(other, self._shape())]
+        question = QUESTIONS["direction"].format(color=color, shape=shape)
+        state = {"color": color, "shape": shape, "direction": direction}
+        return sprites, "direction", question, list(OPTIONS["direction"]), state
+
+    def _mover(self, color: str, shape: str, direction: str) -> Sprite:
+        """Return an object crossing :data:`TRAVEL` of the frame in ``direction``."""
         travel = round(self.size * TRAVEL)
         dx, dy = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}[
             direction
@@ -276,22 +403,22 @@ class SceneBuilder:
         start = np.array([x + (travel if dx < 0 else 0), y + (travel if dy < 0 else 0)])
         frac = np.linspace(0.0, 1.0, self.frames)[:, None]  # [F, 1]
         xy = start + frac * travel * np.array([dx, dy])  # [F, 2]
-        mover = Sprite(COLORS[color], shape, self.obj, xy, np.ones(self.frames, bool))
-        sprites = [mover, self._static(other, self._shape())]
-        question = QUESTIONS["direction"].format(color=color, shape=shape)
-        state = {"color": color, "shape": shape, "direction": direction}
-        return sprites, "direction", question, list(OPTIONS["direction"]), state
+        return Sprite(COLORS[color], shape, self.obj, xy, np.ones(self.frames, bool))
 
     def _count(self, answer: int) -> Built:
         color, other = self._pair()
-        flashes = answer + 1
-        slots = self._flash_slots(flashes)
-        lamp = self._static(color, "circle", self._slot_mask(slots))
-        off = Sprite(LIGHT_OFF, "circle", self.obj, lamp.xy, ~lamp.visible)
-        sprites = [off, lamp, self._static(other, self._shape())]
+        lamp, slots = self._lamp(color, answer + 1)
+        sprites = [*lamp, self._static(other, self._shape())]
         question = QUESTIONS["count"].format(color=color)
         state = {"color": color, "slots": slots}
         return sprites, "count", question, list(OPTIONS["count"]), state
+
+    def _lamp(self, color: str, flashes: int) -> tuple[list[Sprite], list[int]]:
+        """Return the dark and lit sprites of a lamp flashing ``flashes`` times."""
+        slots = self._flash_slots(flashes)
+        lamp = self._static(color, "circle", self._slot_mask(slots))
+        off = Sprite(LIGHT_OFF, "circle", self.obj, lamp.xy, ~lamp.visible)
+        return [off, lamp], slots
 
     def _order(self, answer: int) -> Built:
         first = ANSWER_COLORS[answer]

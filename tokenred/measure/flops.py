@@ -340,3 +340,96 @@ def sample_flops(
         "vision": vision,
         "attention": attention,
     }
+
+
+def prefix_flops(
+    arch: ArchSpec, prefix_schedule: Sequence[int], *, attention: str = "causal"
+) -> FlopBreakdown:
+    """Return the FLOPs of prefilling a shared video prefix once (KV reuse).
+
+    The prefix (system prompt + video, reduced) is a plain prefill of
+    ``prefix_schedule`` tokens per layer that needs no logits: no question follows
+    it yet. Its LM head is not charged (an adapter may compute one throwaway
+    position; that is ``2·d·V`` FLOPs, below a decode token).
+
+    Args:
+        arch: The language model's shape.
+        prefix_schedule: Tokens of the prefix each decoder layer processed.
+        attention: ``"causal"`` or ``"full"``.
+    """
+    return prefill_flops(arch, prefix_schedule, n_logits=0, attention=attention)
+
+
+def suffix_flops(
+    arch: ArchSpec,
+    prefix_schedule: Sequence[int],
+    question_tokens: int,
+    *,
+    attention: str = "causal",
+) -> FlopBreakdown:
+    """Return the FLOPs of prefilling one question after a cached prefix.
+
+    The ``question_tokens`` new tokens pass every layer and attend to the cached
+    prefix of that layer plus, causally, to each other; the LM head runs at the
+    last position. Under the causal convention
+    ``prefix_flops(P) + suffix_flops(P, Q) == prefill_flops(P + Q)`` exactly,
+    layer by layer, for any schedule whose question part is ``Q`` tokens on every
+    layer (pre-LLM and in-LLM reduction both only shorten the video), so a reused
+    answer is charged exactly what a full prefill would have cost minus the prefix
+    it did not recompute.
+
+    Args:
+        arch: The language model's shape.
+        prefix_schedule: Tokens of the cached prefix at each decoder layer.
+        question_tokens: Tokens after the prefix (question, options, answer cue and
+            chat markers).
+        attention: ``"causal"`` or ``"full"`` (``"full"`` counts each new token
+            against the whole ``prefix + question`` square and does not add up).
+
+    Raises:
+        MeasurementError: A negative question length or a malformed schedule.
+    """
+    if question_tokens < 0:
+        msg = f"question_tokens must be >= 0, got {question_tokens}"
+        raise MeasurementError(msg)
+    return prefill_flops(
+        arch,
+        [question_tokens] * arch.layers,
+        n_logits=1,
+        attention=attention,
+        past=prefix_schedule,
+    )
+
+
+def reuse_flops(
+    arch: ArchSpec,
+    prefix_schedule: Sequence[int],
+    question_tokens: int,
+    *,
+    owns_prefix: bool,
+    attention: str = "causal",
+) -> dict[str, int]:
+    """Return the prefill FLOPs of one answer from a shared prefix, by part.
+
+    Args:
+        arch: The language model's shape.
+        prefix_schedule: Tokens of the cached prefix at each decoder layer.
+        question_tokens: Tokens prefilled after the prefix.
+        owns_prefix: True for the answer that built the prefix (the first of its
+            video): it is charged the prefix too; later answers only their suffix.
+        attention: Prefill attention convention.
+
+    Returns:
+        ``{"prefill", "prefix", "question"}``: ``prefill`` is what this answer
+        computed (``question`` plus ``prefix`` when it owns it), ``prefix`` the
+        whole prefix (whoever paid for it) and ``question`` the suffix alone.
+    """
+    prefix = prefix_flops(arch, prefix_schedule, attention=attention).total
+    question = suffix_flops(
+        arch, prefix_schedule, question_tokens, attention=attention
+    ).total
+    return {
+        "prefill": question + (prefix if owns_prefix else 0),
+        "prefix": prefix,
+        "question": question,
+    }
