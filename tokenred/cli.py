@@ -24,6 +24,7 @@ from tokenred.registry import Entry, Registries
 
 if TYPE_CHECKING:
     from tokenred.runner import RunOutcome
+    from tokenred.schema import Study
 
 log = logging.getLogger(__name__)
 
@@ -260,8 +261,26 @@ def _cmd_run(session: Session, args: argparse.Namespace) -> int:
         return int(ExitCode.OK)
     from tokenred.runner import run_study
 
+    _print_headers(study, session)
     outcomes = run_study(study, session.registries, session.pm, progress=_bar)
     return _print_outcomes(outcomes)
+
+
+def _print_headers(study: Study, session: Session) -> None:
+    """Print one line per run, before any starts: what will run, under which controls.
+
+    The lines come from the same preflight as the runs (resolved insertion point,
+    position policy, budget unit), so they show what the manifests will store.
+    """
+    from tokenred.baselines import with_baselines
+    from tokenred.controls import header_line
+    from tokenred.runner import preflight
+
+    regs = session.registries
+    # Every point first, so an impossible one fails alone, before any header.
+    protocols = [preflight(c, regs) for c in with_baselines(study.experiments, regs)]
+    for protocol in protocols:
+        print(header_line(protocol.cfg, protocol.controls()), file=sys.stderr)
 
 
 def _bar(label: str, total: int) -> Any:

@@ -31,6 +31,7 @@ def collect_manifest(
     pm: TokenredPluginManager | None,
     *,
     compute: Mapping[str, Any] | None = None,
+    controls: Mapping[str, Any] | None = None,
 ) -> RunManifest:
     """Build the manifest of a run whose model is loaded.
 
@@ -41,6 +42,8 @@ def collect_manifest(
         pm: The plugin manager, whose plugins are listed with their versions.
         compute: The thread and determinism settings the run used
             (:class:`tokenred.determinism.ComputeSettings`).
+        controls: The run's resolved study-level controls
+            (:func:`tokenred.controls.describe_controls`).
     """
     desc = adapter.describe()
     device = loaded_device(adapter, cfg)
@@ -50,6 +53,7 @@ def collect_manifest(
         attn_implementation=desc.get("attn_implementation"),
         plugins=pm.plugin_rows() if pm is not None else (),
         random_weights=bool(desc.get("random_weights")),
+        controls=controls,
         measurement={
             "flops_attention": "causal",
             "latency_clock": "cuda_events"

@@ -124,6 +124,7 @@ def run_experiment(
             per-sample data errors become error records instead.
     """
     protocol = preflight(cfg, registries)
+    cfg = protocol.cfg  # controls resolved (tokenred.controls): they key the run
     adapter, dataset = protocol.adapter, protocol.dataset
     # The weights are part of a run's identity: retrained or swapped weights at the
     # same path must not resume (or be reported as) the old weights' answers.
@@ -144,7 +145,14 @@ def run_experiment(
             outcome.metrics = write_metrics(store, dataset)
             return outcome
         adapter.load()
-        manifest = collect_manifest(keyed, cfg, adapter, pm, compute=settings.to_dict())
+        manifest = collect_manifest(
+            keyed,
+            cfg,
+            adapter,
+            pm,
+            compute=settings.to_dict(),
+            controls=protocol.controls(),
+        )
         store.write_manifest(manifest)
         if pm is not None:
             pm.hook.before_run(config=cfg, manifest=manifest)
