@@ -123,7 +123,7 @@ class Run:
             "attention": self.get("model.attn_implementation", "?"),
             "threads": self.get("measure.threads", "?"),
         }
-        out = {}
+        out: dict[str, Any] = {}
         for key in CONTROL_COLUMNS:
             value = stored.get(key, fallback[key])
             if unreduced and key in ("positions", "stage", "layer"):
