@@ -224,3 +224,16 @@ def test_a_study_holds_every_control_equal_and_says_so(
     warnings = [line for line in text.splitlines() if line.startswith("warning")]
     assert len(warnings) == 1 and "Positions" in warnings[0], text
     assert "| Method | Positions |" in text
+
+
+def test_a_sample_outside_its_own_range_aborts_the_run(
+    tmp_path: Path, data_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """0.505 passes the K/L = 0.5 preflight bound, but a real prompt's text makes
+    one kept token cost more: the run stops with the sample's range, no records."""
+    argv = _argv(tmp_path, data_root, "--reducer", "fastv", "budget.flops=0.505")
+    assert main([*argv, "insertion.layer=2", "measure.baseline=false"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "reachable range is [0.5" in err[-1] and "prompt of" in err[-1], err
+    (samples,) = tmp_path.glob("*/*/samples.jsonl")
+    assert samples.read_text() == "", "an unreachable budget is not an error record"
