@@ -41,19 +41,22 @@ docs: $(STAMP)
 docs-outputs: $(STAMP)
 	$(BIN)/python docs/record_outputs.py
 
-# The embedded study of the docs' results page (docs/study.md): run it, then write
-# its tables and figures into docs/study/. Finished runs are reused. The run store
-# is keyed by the demo model's weights file, so new weights never reuse old answers.
+# The embedded study of the docs' results page (docs/study.md): the reducers under
+# one set of controls, the positions ablation and the compute-matched cross-stage
+# comparison; then their tables and figures in docs/study/ (positions/, flops/).
+# Finished runs are reused. The run store is keyed by the demo model's weights
+# file, so new weights never reuse old answers.
 STUDY_WEIGHTS = $(shell $(PY) -c "import hashlib, pathlib; \
 	p = pathlib.Path('tokenred/assets/tiny/model.safetensors'); \
 	print(hashlib.sha256(p.read_bytes()).hexdigest()[:12] if p.is_file() else 'random')")
 STUDY_ROOT = runs/study-$(STUDY_WEIGHTS)
+STUDIES = demo_study demo_study_positions demo_study_flops
 
 study: $(STAMP)
-	$(BIN)/tokenred run -c experiments/demo_study.yaml output.root=$(STUDY_ROOT)
-	$(BIN)/tokenred run -c experiments/demo_study_fastv.yaml output.root=$(STUDY_ROOT)
-	$(BIN)/tokenred report $(STUDY_ROOT)/demo_study $(STUDY_ROOT)/demo_study_fastv \
-		--out docs/study
+	$(foreach s,$(STUDIES),$(BIN)/tokenred run -c experiments/$(s).yaml output.root=$(STUDY_ROOT) &&) true
+	$(BIN)/tokenred report $(STUDY_ROOT)/demo_study --out docs/study
+	$(BIN)/tokenred report $(STUDY_ROOT)/demo_study_positions --out docs/study/positions
+	$(BIN)/tokenred report $(STUDY_ROOT)/demo_study_flops --out docs/study/flops
 
 # The KV-reuse comparison of docs/study.md ("Several questions per video"): five
 # questions per video, every reducer with and without a shared video prefix.

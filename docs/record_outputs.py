@@ -9,8 +9,8 @@ commands in a scratch directory and either rewrites the blocks::
     .venv/bin/python docs/record_outputs.py         # rewrite every block
     .venv/bin/python docs/record_outputs.py --check # exit 1 and diff on drift
 
-or, with ``--check``, compares them. Timings (``12.3 ms CPU``) differ from run to
-run and are masked before comparing; everything else (run ids, accuracies, token
+or, with ``--check``, compares them. Timings (``12.3 ms CPU (IQR 1.2)``) differ from
+run to run and are masked before comparing; everything else (run ids, accuracies, token
 counts, FLOPs, warnings) must match. ``tests/test_docs_outputs.py`` runs the check
 (marked ``slow``) and, by default, the fast consistency checks against the
 committed study (``docs/study/summary.csv``).
@@ -38,7 +38,7 @@ PLACEHOLDER_REPO = "/path/to/tokenred"
 _BLOCK = re.compile(
     re.escape(START) + r"\n```console\n(.*?)```\n" + re.escape(END), re.S
 )
-_TIMING = re.compile(r"\d[\d,]*(?:\.\d+)? ms (CPU|GPU)")
+_TIMING = re.compile(r"\d[\d,]*(?:\.\d+)? ms (CPU|GPU)(?: \(IQR [\d.,]+\))?")
 _PROGRESS = re.compile(r"^[^|\n]*:\s+\d+%\|")
 
 

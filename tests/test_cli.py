@@ -103,8 +103,8 @@ def test_run_dry_run_prints_resolved_yaml(capsys, fake_plugin, tmp_path):
     assert code == 0, err
     doc = yaml.safe_load(out)
     assert doc["seed"] == 5 and doc["reducer"] == {"name": "random", "per_frame": True}
-    assert doc["budget"] == {"ratio": None, "tokens": 64}
-    assert doc["insertion"]["stage"] == "pre_llm"
+    assert doc["budget"] == {"ratio": None, "tokens": 64, "flops": None}
+    assert doc["insertion"]["stage"] is None, "unset: the model family decides"
 
 
 def test_run_dry_run_study_prints_every_run(capsys, fake_plugin, tmp_path):
@@ -137,11 +137,21 @@ def test_run_hands_the_study_to_the_runner(capsys, fake_plugin, monkeypatch):
         seen.update(study=study, registries=registries, pm=pm)
         return []
 
+    class Preflown:
+        def __init__(self, cfg):
+            self.cfg = cfg
+
+        def controls(self):
+            return {"stage": "-", "dtype": "float32", "attention": "sdpa",
+                    "frames": "16", "threads": 1}  # fmt: skip
+
     monkeypatch.setattr(tokenred.runner, "run_study", run_study)
+    monkeypatch.setattr(tokenred.runner, "preflight", lambda c, r: Preflown(c))
     code, _, err = run_cli(
         capsys, "run", "--model", "fake_model", plugins=[fake_plugin]
     )
     assert code == 0, err
+    assert err.startswith("run none | budget none | unreduced | model fake_model")
     assert isinstance(seen["study"], Study) and len(seen["study"].experiments) == 1
     assert "fake_model" in seen["registries"].models
 

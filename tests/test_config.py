@@ -49,7 +49,8 @@ def test_defaults_are_typed(load):
     assert cfg.reducer.name == "none" and type(cfg.reducer) is ReducerConfig
     assert cfg.model.name == "fake_model" and cfg.model.layers == 4
     assert isinstance(cfg.budget, BudgetConfig) and cfg.budget.ratio == 0.3
-    assert cfg.insertion.stage is Stage.PRE_LLM and cfg.insertion.layer == 0
+    # Unset: the model family decides (tokenred.controls.resolve_insertion).
+    assert cfg.insertion.stage is None and cfg.insertion.layer is None
     assert cfg.measure.repeats == 3 and cfg.output.root == "runs"
 
 
@@ -96,7 +97,7 @@ def test_one_budget_alternative_clears_the_other(load, tmp_path):
     [("0.3", 0.3, None), ("64", None, 64), ("1", None, 1), ("1.0", 1.0, None)],
 )
 def test_parse_budget(text, ratio, tokens, load):
-    assert parse_budget(text) == {"ratio": ratio, "tokens": tokens}
+    assert parse_budget(text) == {"ratio": ratio, "tokens": tokens, "flops": None}
     cfg = load(budget=text)
     assert (cfg.budget.ratio, cfg.budget.tokens) == (ratio, tokens)
 
@@ -170,7 +171,9 @@ def test_type_and_cross_field_errors(load):
     with pytest.raises(ConfigError, match=r"'seed': invalid value 'abc'.*an integer"):
         load(overrides=["seed=abc"])
     with pytest.raises(ConfigError, match=r"insertion\.layer >= 1"):
-        load(overrides=["insertion.stage=in_llm"])
+        load(overrides=["insertion.stage=in_llm", "insertion.layer=0"])
+    with pytest.raises(ConfigError, match=r"needs insertion\.stage=in_llm"):
+        load(overrides=["insertion.stage=pre_llm", "insertion.layer=2"])
     with pytest.raises(ConfigError, match=r"measure\.repeats must be >= 1"):
         load(overrides=["measure.repeats=0"])
     with pytest.raises(ConfigError, match="not key=value"):
@@ -308,11 +311,12 @@ def test_budget_resolve():
 
 
 def test_run_ids_of_existing_stores_are_stable():
-    # The serialised config is the run id's input: these are the ids (without the
-    # weights part) of `make run`'s two runs; a serialiser change that moved them
-    # would orphan every existing run store. They change only with the config
-    # schema itself, on purpose (the last time: measure.threads and
-    # measure.deterministic joined the config, issue 16).
+    # The serialised config is the run id's input; a serialiser change that moved
+    # these ids would orphan every existing run store. Pinned again by issue 16's
+    # controls: budget.flops joined the budget and insertion.stage/layer/positions
+    # default to null (the model family decides), which changed every id once;
+    # reduced runs are keyed by their *resolved* controls, so a store recorded
+    # under the old reducer-preferred positions is never resumed as the new one.
     from tokenred.baselines import baseline_config
     from tokenred.plugins import get_plugin_manager
     from tokenred.registry import Registries
@@ -320,8 +324,8 @@ def test_run_ids_of_existing_stores_are_stable():
 
     regs = Registries.from_plugin_manager(get_plugin_manager())
     cfg = load_config(reducer="sttm", registries=regs)
-    assert run_id(to_dict(cfg)) == "1ee8462c1713"
-    assert run_id(to_dict(baseline_config(cfg, regs))) == "212ceb0af8d2"
+    assert run_id(to_dict(cfg)) == "2e573333e04c"
+    assert run_id(to_dict(baseline_config(cfg, regs))) == "fe1f68930d15"
 
 
 def test_budget_checks_share_one_wording():

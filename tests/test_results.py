@@ -94,6 +94,7 @@ def test_record_round_trip_and_json_schema() -> None:
         "decode_per_token": 10.0,
         "vision": 500,
         "attention": "causal",
+        "prefill_unreduced": None,
     }
 
 

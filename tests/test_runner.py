@@ -323,7 +323,8 @@ def test_incompatible_point_fails_before_anything_runs(
     tmp_path: Path, data_root: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     argv = _argv(tmp_path, data_root)
-    argv[argv.index("random")] = "fastv"  # needs in_llm; the default is pre_llm
+    argv[argv.index("random")] = "fastv"  # needs in_llm
+    argv.append("insertion.stage=pre_llm")
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "insertion.stage=in_llm" in err[0], err

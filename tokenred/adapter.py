@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from tokenred.errors import CompatibilityError, ConfigError, ModelLoadError, PluginError
-from tokenred.tokens import Need, Stage
+from tokenred.tokens import Need, PositionPolicy, Stage
 
 if TYPE_CHECKING:
     from tokenred.arch import ArchSpec
@@ -139,6 +139,15 @@ class ModelAdapter(ABC):
     """Architecture family, e.g. ``"llava_onevision"``."""
     model_types: ClassVar[tuple[str, ...]] = ()
     """``config.json`` ``model_type`` values this adapter loads (``--model PATH``)."""
+    default_stage: ClassVar[Stage] = Stage.IN_LLM
+    """Insertion stage when ``insertion.stage`` is unset: inside the LLM, where
+    the reference methods (STTM, FastV, DyCoke) run."""
+    default_layer: ClassVar[int] = 2
+    """Decoder layer K when ``insertion.layer`` is unset: K=2, STTM's and FastV's
+    setting on the 28-layer Qwen2 LLMs of LLaVA-Video and Qwen2-VL."""
+    default_positions: ClassVar[PositionPolicy] = PositionPolicy.SURVIVE
+    """Position policy when ``insertion.positions`` is unset, applied equally to
+    every reducer (a reducer's ``position_policy`` is only its preference)."""
     checkpoints: ClassVar[tuple[str, ...]] = ()
     """Hugging Face ids of checkpoints it loads (``--model ORG/NAME``), for docs and
     ``tokenred list models``."""
@@ -160,6 +169,13 @@ class ModelAdapter(ABC):
         Raises:
             ModelLoadError: If the checkpoint directory is missing or incomplete.
         """
+
+    def num_layers(self) -> int | None:
+        """Return the LLM's decoder-layer count without loading weights, if known.
+
+        Preflight uses it to reject an unreachable ``budget.flops`` before a run.
+        """
+        return None
 
     @property
     @abstractmethod

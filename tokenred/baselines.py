@@ -70,14 +70,19 @@ def _as_baseline(cfg: ExperimentConfig, registries: Registries) -> ExperimentCon
     if cfg.reducer.name != BASELINE_REDUCER:
         return cfg
     base = baseline_config(cfg, registries)
-    if (cfg.budget, cfg.insertion) != (base.budget, base.insertion):
+    # Only a budget or insertion point the user set is worth a warning; the
+    # schema's defaults (ratio 0.3, the family's insertion) are not.
+    if (cfg.budget, cfg.insertion) != (BudgetConfig(), InsertionConfig()):
+        ins = cfg.insertion
         log.warning(
-            "reducer '%s' keeps every token: budget %s and insertion %s/%d are "
-            "ignored and the unreduced run is run once",
+            "reducer '%s' keeps every token: budget %s and insertion "
+            "(stage %s, layer %s, positions %s) are ignored; the unreduced run is "
+            "run once",
             BASELINE_REDUCER,
             cfg.budget.describe(),
-            cfg.insertion.stage.value,
-            cfg.insertion.layer,
+            getattr(ins.stage, "value", ins.stage),
+            ins.layer,
+            getattr(ins.positions, "value", ins.positions),
         )
     return base
 

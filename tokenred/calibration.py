@@ -18,11 +18,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from tokenred.adapter import create_adapter
+from tokenred.controls import resolve_insertion
 from tokenred.errors import DataError, UsageError
 from tokenred.plan import BudgetSpec, ReductionPlan
 from tokenred.reducer import TokenReducer
 from tokenred.runfiles import loaded_device
-from tokenred.tokens import Reduction
+from tokenred.tokens import Reduction, Stage
 from tokenred.videos import VideoSource
 
 if TYPE_CHECKING:
@@ -90,11 +91,11 @@ def preflight_calibration(
     if not _can_calibrate(reducer_cls):
         reducer_cls.calibrate(cfg.reducer, [], float(ratio))  # raises the refusal
     adapter = create_adapter(registries.models, cfg.model)
-    ins = cfg.insertion
+    ins = resolve_insertion(cfg.insertion, adapter)
     probe = ReductionPlan(
         reducer=reducer_cls(cfg.reducer),
-        stage=ins.stage,
-        layer=ins.layer,
+        stage=ins.stage or Stage.PRE_LLM,
+        layer=ins.layer or 0,
         origin=entry.origin(),
     )
     adapter.check_plan(probe)
@@ -121,6 +122,7 @@ def collect_tokens(
     """
     dataset = registries.datasets.get(cfg.data.name)(cfg.data)
     recorder = TokenRecorder()
+    ins = resolve_insertion(cfg.insertion, adapter)
     adapter.load()
     source = VideoSource.for_run(
         cfg, adapter, dataset, device=loaded_device(adapter, cfg), timed=False
@@ -138,8 +140,8 @@ def collect_tokens(
             continue
         plan = ReductionPlan(
             reducer=recorder,
-            stage=cfg.insertion.stage,
-            layer=cfg.insertion.layer,
+            stage=ins.stage or Stage.PRE_LLM,
+            layer=ins.layer or 0,
             budget=BudgetSpec(ratio=1.0),
             seed=cfg.seed,
             sample_id=sample.id,

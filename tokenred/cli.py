@@ -24,6 +24,7 @@ from tokenred.registry import Entry, Registries
 
 if TYPE_CHECKING:
     from tokenred.runner import RunOutcome
+    from tokenred.schema import Study
 
 log = logging.getLogger(__name__)
 
@@ -260,8 +261,26 @@ def _cmd_run(session: Session, args: argparse.Namespace) -> int:
         return int(ExitCode.OK)
     from tokenred.runner import run_study
 
+    _print_headers(study, session)
     outcomes = run_study(study, session.registries, session.pm, progress=_bar)
     return _print_outcomes(outcomes)
+
+
+def _print_headers(study: Study, session: Session) -> None:
+    """Print one line per run, before any starts: what will run, under which controls.
+
+    The lines come from the same preflight as the runs (resolved insertion point,
+    position policy, budget unit), so they show what the manifests will store.
+    """
+    from tokenred.baselines import with_baselines
+    from tokenred.controls import header_line
+    from tokenred.runner import preflight
+
+    regs = session.registries
+    # Every point first, so an impossible one fails alone, before any header.
+    protocols = [preflight(c, regs) for c in with_baselines(study.experiments, regs)]
+    for protocol in protocols:
+        print(header_line(protocol.cfg, protocol.controls()), file=sys.stderr)
 
 
 def _bar(label: str, total: int) -> Any:
@@ -340,7 +359,13 @@ def _rows(session: Session, kind: str) -> list[dict[str, Any]]:
             if kind == "reducers":
                 rows.append(_reducer_row(entry))
             elif kind == "models":
-                rows.append(_class_row(entry, ("stages", "rope", "checkpoints")))
+                row = _class_row(
+                    entry,
+                    ("stages", "rope", "default_stage", "default_layer",
+                     "default_positions", "checkpoints"),
+                )  # fmt: skip
+                row["defaults"] = _defaults(row)
+                rows.append(row)
             else:
                 rows.append(_class_row(entry, ("homepage",)))
         except TokenredError as exc:
@@ -368,11 +393,11 @@ def _cmd_list(session: Session, args: argparse.Namespace) -> int:
         print(f"no {args.kind} registered")
         return int(ExitCode.OK)
     if args.kind == "reducers":
-        head = ["NAME", "STAGES", "NEEDS", "EXACT", "QUERY-AGN.", "POSITIONS"]
+        head = ["NAME", "STAGES", "NEEDS", "EXACT", "QUERY-AGN.", "PREF. POSITIONS"]
         keys = ["stages", "needs", "exact_budget", "query_agnostic", "position_policy"]
     elif args.kind == "models":
-        head = ["NAME", "STAGES", "ROPE", "CHECKPOINTS (--model ORG/NAME)"]
-        keys = ["stages", "rope", "checkpoints"]
+        head = ["NAME", "STAGES", "ROPE", "DEFAULT INSERTION", "CHECKPOINTS"]
+        keys = ["stages", "rope", "defaults", "checkpoints"]
     else:
         head, keys = ["NAME", "HOMEPAGE"], ["homepage"]
     table = [[*head, "FROM", "DESCRIPTION"]]
@@ -384,6 +409,14 @@ def _cmd_list(session: Session, args: argparse.Namespace) -> int:
         table.append([row["name"], *cells, _where(row), row["description"]])
     print(_table(table))
     return int(ExitCode.OK)
+
+
+def _defaults(row: dict[str, Any]) -> str:
+    """``in_llm K=2, reassign``: a model family's default controls."""
+    stage = getattr(row.get("default_stage"), "value", row.get("default_stage"))
+    where = f"in_llm K={row.get('default_layer')}" if stage == "in_llm" else stage
+    policy = getattr(row.get("default_positions"), "value", "?")
+    return f"{where}, {policy}"
 
 
 def _cell(value: Any) -> str:

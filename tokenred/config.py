@@ -11,8 +11,9 @@ passes so that plugin configs are typed too:
    order (defaults < files < sweep point < flags < overrides) and converted to
    dataclasses, whose ``__post_init__`` does cross-field validation.
 
-``budget.ratio`` and ``budget.tokens`` are alternatives: a source that sets one
-clears the other, so ``--budget 64`` overrides a file's ``budget: {ratio: 0.3}``.
+``budget.ratio``, ``budget.tokens`` and ``budget.flops`` are alternatives: a source
+that sets one clears the others, so ``--budget 64`` overrides a file's
+``budget: {ratio: 0.3}``.
 Likewise a source that selects another reducer (model, dataset) drops the options
 earlier sources gave the previous one, as Hydra's config groups do.
 """
@@ -37,6 +38,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 
 from tokenred.adapter import resolve_model_name
 from tokenred.errors import ConfigError, TokenredError
+from tokenred.plan import BUDGET_KEYS
 from tokenred.schema import (
     SELECTORS,
     STUDY_KEYS,
@@ -96,11 +98,10 @@ def _normalize(data: Mapping[str, Any], source: str) -> dict[str, Any]:
         out["budget"] = parse_budget(budget)
     elif isinstance(budget, Mapping):
         budget = dict(budget)
-        # A source that sets one alternative clears the other.
-        if budget.get("tokens") is not None and "ratio" not in budget:
-            budget["ratio"] = None
-        if budget.get("ratio") is not None and "tokens" not in budget:
-            budget["tokens"] = None
+        # A source that sets one alternative clears the others.
+        if any(budget.get(key) is not None for key in BUDGET_KEYS):
+            for key in BUDGET_KEYS:
+                budget.setdefault(key, None)
         out["budget"] = budget
     return out
 

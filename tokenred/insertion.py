@@ -55,7 +55,7 @@ from tokenred.tokens import (
 if TYPE_CHECKING:
     from torch.utils.hooks import RemovableHandle
 
-    from tokenred.plan import ReductionPlan
+    from tokenred.plan import BudgetCost, ReductionPlan
 
 log = logging.getLogger(__name__)
 
@@ -96,12 +96,15 @@ def run_reducer(
     attention: Tensor | None = None,
     query: Tensor | None = None,
     keys: Tensor | None = None,
+    cost: BudgetCost | None = None,
 ) -> tuple[Reduction, int]:
     """Build the context, call the reducer under the ``reducer`` phase and validate.
 
     The budget is resolved here, once per reduction, from the tokens the reducer
     actually sees; the reducer receives it and the run records it (returned next to
-    the reduction), so the two can never disagree.
+    the reduction), so the two can never disagree. A FLOPs budget needs ``cost``
+    (the architecture, the unreduced length and the layer), which the adapter's
+    prefill passes.
 
     The phase reports to the timer the measurement protocol made active (see
     :func:`tokenred.measure.latency.timing`); outside a measurement it costs nothing.
@@ -114,7 +117,7 @@ def run_reducer(
     """
     needs = plan.reducer.needs
     ctx = ReduceContext(
-        budget=plan.budget.resolve(tokens.n),
+        budget=plan.budget.resolve(tokens.n, cost),
         generator=sample_generator(plan.seed, plan.sample_id),
         stage=plan.stage,
         layer=plan.layer,
@@ -187,6 +190,7 @@ class LayerReduction:
         layout: Layout,
         policy: PositionPolicy,
         head_dim: int,
+        cost: BudgetCost | None = None,
     ) -> None:
         """Prepare hooks for ``plan`` on ``layers``; nothing is registered yet."""
         if not 1 <= plan.layer < len(layers):
@@ -201,6 +205,7 @@ class LayerReduction:
         self.layout = layout
         self.policy = policy
         self.head_dim = head_dim
+        self.cost = cost
         self.k = plan.layer
         self.reduction: Reduction | None = None
         self.spliced: Spliced | None = None
@@ -220,6 +225,7 @@ class LayerReduction:
             layout=self.layout,
             policy=self.policy,
             head_dim=self.head_dim,
+            cost=self.cost,
         )
         twin.reduction, twin.spliced = self.reduction, self.spliced
         twin.budget = self.budget
@@ -292,6 +298,7 @@ class LayerReduction:
             attention=self._captured.get("attention"),
             query=hs[0, lay.query_start :],
             keys=self._captured.get("keys"),
+            cost=self.cost,
         )
         sp = build_spliced(lay, tokens, reduction, self.policy)
         out = splice(hs, sp, reduction.tokens.features)
@@ -338,6 +345,7 @@ def reduce_pre_llm(
     *,
     head_dim: int,
     query: Tensor | None,
+    cost: BudgetCost | None = None,
 ) -> tuple[Reduction, Spliced, int]:
     """Reduce projected visual features ``[N, C]`` before the LLM.
 
@@ -348,7 +356,9 @@ def reduce_pre_llm(
         msg = f"reduce_pre_llm called for stage {plan.stage.value}"
         raise CompatibilityError(msg)
     tokens = VisualTokens.from_grid(features, layout.grid)
-    reduction, budget = run_reducer(plan, tokens, head_dim=head_dim, query=query)
+    reduction, budget = run_reducer(
+        plan, tokens, head_dim=head_dim, query=query, cost=cost
+    )
     return reduction, build_spliced(layout, tokens, reduction, policy), budget
 
 

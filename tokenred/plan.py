@@ -9,17 +9,20 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from tokenred.errors import ConfigError
+from tokenred.errors import ConfigError, ContractError
 from tokenred.tokens import PositionPolicy, Stage
 
 if TYPE_CHECKING:
+    from tokenred.arch import ArchSpec
     from tokenred.reducer import TokenReducer
 
 
 BUDGET_HINT = (
-    "give a fraction of the visual tokens in (0, 1] such as 0.3, or an integer "
-    "token count >= 1 such as 64"
+    "give a fraction of the visual tokens in (0, 1] such as 0.3, an integer "
+    "token count >= 1 such as 64, or a fraction of the unreduced prefill FLOPs in "
+    "(0, 1] such as budget.flops=0.7"
 )
+BUDGET_KEYS = ("ratio", "tokens", "flops")
 
 
 def budget_error(what: str) -> ConfigError:
@@ -27,8 +30,8 @@ def budget_error(what: str) -> ConfigError:
     return ConfigError(f"budget: {what}; {BUDGET_HINT}")
 
 
-def check_budget(ratio: object, tokens: object) -> None:
-    """Validate a budget pair: exactly one of ratio and tokens, each in range.
+def check_budget(ratio: object, tokens: object, flops: object = None) -> None:
+    """Validate a budget: exactly one of ratio, tokens and flops, each in range.
 
     The one budget check: config files, flags, overrides and a
     :class:`BudgetSpec` built in code all end here, so every path gives the same
@@ -37,20 +40,24 @@ def check_budget(ratio: object, tokens: object) -> None:
     Raises:
         ConfigError: One line saying what is wrong and what is valid.
     """
-    if ratio is not None and tokens is not None:
-        raise budget_error(
-            f"both budget.ratio={ratio} and budget.tokens={tokens} are set"
-        )
-    if ratio is None and tokens is None:
-        raise budget_error("neither budget.ratio nor budget.tokens is set")
-    if ratio is not None:
-        if isinstance(ratio, bool) or not isinstance(ratio, int | float):
-            raise budget_error(f"ratio {ratio!r} is not a number")
-        if not 0 < ratio <= 1:
-            raise budget_error(f"ratio {ratio} is outside (0, 1]")
-    elif isinstance(tokens, bool) or not isinstance(tokens, int):
+    values = {"ratio": ratio, "tokens": tokens, "flops": flops}
+    given = [f"budget.{k}={v}" for k, v in values.items() if v is not None]
+    if len(given) > 1:
+        raise budget_error(f"both {' and '.join(given)} are set")
+    if not given:
+        raise budget_error("none of budget.ratio, budget.tokens, budget.flops is set")
+    for key in ("ratio", "flops"):
+        value = values[key]
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise budget_error(f"{key} {value!r} is not a number")
+        if not 0 < value <= 1:
+            raise budget_error(f"{key} {value} is outside (0, 1]")
+        return
+    if isinstance(tokens, bool) or not isinstance(tokens, int):
         raise budget_error(f"token count {tokens!r} is not an integer")
-    elif tokens < 1:
+    if tokens < 1:
         raise budget_error(f"token count {tokens} must be >= 1")
 
 
@@ -79,35 +86,119 @@ def check_insertion(stage: Stage, layer: int) -> None:
         raise ConfigError(msg)
 
 
+@dataclass(frozen=True)
+class BudgetCost:
+    """What a FLOPs budget needs to become a token count for one sample.
+
+    The insertion engine fills it: it knows the unreduced sequence and the layer,
+    the adapter knows the architecture.
+
+    Attributes:
+        arch: The language model's shape.
+        length: Unreduced prefill length (text + visual tokens).
+        layer: Decoder layer the reduced tokens enter (0 before the LLM).
+    """
+
+    arch: ArchSpec
+    length: int
+    layer: int
+
+
+def flops_unreachable(flops: float, low: float, where: str) -> ConfigError:
+    """Return the one-line error of a FLOPs budget below the reachable range."""
+    return ConfigError(
+        f"budget.flops={flops} cannot be reached {where}: the decoder layers before "
+        f"the insertion point run at full length, so the reachable range is "
+        f"[{low:.3f}, 1]; raise budget.flops or reduce at an earlier layer"
+    )
+
+
+def check_flops_reachable(flops: float, layer: int, num_layers: int) -> None:
+    """Reject a FLOPs budget below what layer ``K`` of ``L`` can ever reach.
+
+    Layers ``< K`` always process the unreduced sequence, so even with no visual
+    token kept the prefill costs about ``K/L`` of the unreduced one (the infimum
+    as the text shrinks). Checked before any weights load; each sample's own
+    range is checked again when its budget resolves.
+
+    Raises:
+        ConfigError: One line giving the reachable range.
+    """
+    low = layer / num_layers if num_layers > 0 else 0.0
+    if flops < low:
+        where = f"at insertion.layer={layer} of a {num_layers}-layer LLM"
+        raise flops_unreachable(flops, low, where)
+
+
 @dataclass
 class BudgetSpec:
-    """How many visual tokens a reducer may keep: a ratio of ``N`` or a count.
+    """How many visual tokens a reducer may keep: a ratio, a count or FLOPs.
 
-    Exactly one of ``ratio`` and ``tokens`` is set.
+    ``ratio`` is a fraction of ``N``, ``tokens`` a count, ``flops`` a fraction of
+    the unreduced prefill FLOPs; exactly one is set. A ``flops`` budget is
+    compute-matched: it resolves per sample to the largest token count whose
+    analytic prefill FLOPs are at most ``flops`` of the unreduced prefill of the
+    same model, prompt and video, so reducers at different insertion points are
+    compared at equal compute.
     """
 
     ratio: float | None = None
     tokens: int | None = None
+    flops: float | None = None
 
     def __post_init__(self) -> None:
         """Check that exactly one field is set and in range."""
-        check_budget(self.ratio, self.tokens)
+        check_budget(self.ratio, self.tokens, self.flops)
 
-    def resolve(self, n: int) -> int:
+    @property
+    def unit(self) -> str:
+        """``"ratio"``, ``"tokens"`` or ``"flops"``: the field that is set."""
+        if self.tokens is not None:
+            return "tokens"
+        return "flops" if self.flops is not None else "ratio"
+
+    def resolve(self, n: int, cost: BudgetCost | None = None) -> int:
         """Return the token budget for ``n`` visual tokens, in ``[1, max(n, 1)]``.
 
         Ratios round half up, so ``0.25 * 10`` gives 3: a budget never rounds to 0.
+        A FLOPs budget needs ``cost`` (the engine passes it).
+
+        Raises:
+            ConfigError: A FLOPs budget this sample cannot reach at this layer.
+            ContractError: A FLOPs budget resolved without a cost (framework bug).
         """
+        if self.flops is not None:
+            return self._resolve_flops(n, cost)
         if self.tokens is not None:
             value = self.tokens
         else:
             value = math.floor(float(self.ratio or 0.0) * n + 0.5)
         return max(1, min(int(value), max(n, 1)))
 
+    def _resolve_flops(self, n: int, cost: BudgetCost | None) -> int:
+        from tokenred.measure.flops import flops_range, tokens_for_flops
+
+        if cost is None:
+            msg = "a FLOPs budget was resolved without the sample's cost (engine bug)"
+            raise ContractError(msg)
+        flops = float(self.flops or 0.0)
+        kept = tokens_for_flops(
+            cost.arch, flops, length=cost.length, n_visual=n, layer=cost.layer
+        )
+        if kept is None:
+            low, _ = flops_range(
+                cost.arch, length=cost.length, n_visual=n, layer=cost.layer
+            )
+            where = f"at layer {cost.layer} for a prompt of {cost.length} tokens"
+            raise flops_unreachable(flops, low, where)
+        return max(1, kept)
+
     def describe(self) -> str:
-        """Return ``"ratio=0.25"`` or ``"tokens=64"`` for logs."""
+        """Return ``"ratio=0.25"``, ``"tokens=64"`` or ``"flops=0.7"`` for logs."""
         if self.tokens is not None:
             return f"tokens={self.tokens}"
+        if self.flops is not None:
+            return f"flops={self.flops}"
         return f"ratio={self.ratio}"
 
 
@@ -120,8 +211,10 @@ class ReductionPlan:
         stage: ``PRE_LLM`` (projected features) or ``IN_LLM`` (decoder layer K).
         layer: 0 for ``PRE_LLM``; the decoder layer K >= 1 for ``IN_LLM``.
         budget: Resolves to a token count given ``N``.
-        positions: Position policy; None takes the reducer's default (M-RoPE models
-            fall back from ``reassign`` to ``survive``).
+        positions: Position policy, resolved by the runner from
+            ``insertion.positions`` or the model's default; the same for every
+            reducer of a study. None (plans built in code) takes the adapter's
+            default.
         seed: Run seed; the reducer's generator is seeded from (seed, sample_id).
         sample_id: Sample id, for seeding and messages.
         origin: ``"name (dist version)"`` of the reducer for error messages.

@@ -23,14 +23,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tokenred.adapter import create_adapter
+from tokenred.controls import describe_controls, resolve_config
 from tokenred.determinism import ComputeSettings, compute_settings
 from tokenred.errors import DataError
 from tokenred.measure import Timer, measure_repeats, reset_peak, sample_flops, timing
-from tokenred.measure.flops import equivalent_tokens
+from tokenred.measure.flops import equivalent_tokens, prefill_flops
 from tokenred.measure.latency import summarize
-from tokenred.plan import ReductionPlan
+from tokenred.plan import ReductionPlan, check_flops_reachable
 from tokenred.reducer import BASELINE_REDUCER
 from tokenred.results import FlopsRecord, MemoryRecord, SampleRecord
+from tokenred.tokens import Stage
 
 if TYPE_CHECKING:
     from tokenred.adapter import ModelAdapter
@@ -98,7 +100,19 @@ class SampleProtocol:
         reducer = entry.load()(cfg.reducer)
         adapter = create_adapter(registries.models, cfg.model)
         dataset = registries.datasets.get(cfg.data.name)(cfg.data)
+        unreduced = cfg.reducer.name == BASELINE_REDUCER
+        # The controls (insertion point, positions) come from the config or the
+        # model family's defaults, never from the reducer: the protocol's cfg is
+        # the resolved one, which keys the run and goes into its manifest.
+        cfg = resolve_config(cfg, adapter, unreduced=unreduced)
+        layers = adapter.num_layers()
+        if not unreduced and cfg.budget.flops is not None and layers:
+            check_flops_reachable(cfg.budget.flops, cfg.insertion.layer or 0, layers)
         return cls(cfg, adapter, dataset, reducer, origin=entry.label(), device="cpu")
+
+    def controls(self) -> dict[str, Any]:
+        """Return the run's resolved study-level controls (manifest, header line)."""
+        return describe_controls(self.cfg, unreduced=self.unreduced)
 
     def compute_settings(self) -> AbstractContextManager[ComputeSettings]:
         """Return the run's thread and determinism settings as a context manager.
@@ -116,8 +130,8 @@ class SampleProtocol:
         ins = self.cfg.insertion
         return ReductionPlan(
             reducer=self.reducer,
-            stage=ins.stage,
-            layer=ins.layer,
+            stage=ins.stage if ins.stage is not None else Stage.PRE_LLM,
+            layer=ins.layer or 0,
             budget=self.cfg.budget,
             positions=ins.positions,
             seed=self.cfg.seed,
@@ -185,6 +199,9 @@ class SampleProtocol:
                 vision_num_seqs=video.features.vision_num_seqs,
                 n_visual=video.features.n,
             )
+            # The same prompt unreduced: every layer at the full prefill length.
+            full = [state.prompt_len] * self.adapter.arch.layers
+            flops["prefill_unreduced"] = prefill_flops(self.adapter.arch, full).total
         return SampleRecord(
             id=sample.id,
             video_id=sample.video_id,

@@ -36,6 +36,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from tokenred.controls import (
+    CONTROL_COLUMNS,
+    NOT_APPLICABLE,
+    mixed_controls,
+    mixed_warning,
+)
 from tokenred.errors import UsageError
 from tokenred.measure.stats import bootstrap_ci, paired_stats, pareto_front
 from tokenred.reducer import BASELINE_REDUCER
@@ -73,8 +79,11 @@ class Run:
         stage = str(self.get("insertion.stage", "pre_llm"))
         layer = int(self.get("insertion.layer", 0) or 0)
         ratio, tokens = self.get("budget.ratio"), self.get("budget.tokens")
+        flops = self.get("budget.flops")
         if reducer == BASELINE_REDUCER:
             budget = "100%"
+        elif flops is not None:
+            budget = f"{100 * float(flops):g}% FLOPs"
         elif ratio is not None:
             budget = f"{100 * float(ratio):g}%"
         else:
@@ -101,7 +110,36 @@ class Run:
             "device_name": device.get("name", ""),
             "random_weights": bool(self.manifest.get("random_weights")),
             "kv_reuse": kv_reuse,
+            **self.controls(),
         }
+
+    def controls(self) -> dict[str, Any]:
+        """Return the run's study-level controls as display strings.
+
+        From the manifest's ``controls``; runs recorded before controls were
+        stored fall back to their config (an unset policy there meant the
+        reducer's preferred one).
+        """
+        stored = self.manifest.get("controls") or {}
+        unreduced = self.get("reducer.name") == BASELINE_REDUCER
+        frames = self.get("data.frames.num_frames")
+        fallback = {
+            "positions": self.get("insertion.positions") or "reducer's",
+            "stage": self.get("insertion.stage") or "pre_llm",
+            "layer": self.get("insertion.layer") or 0,
+            "frames": frames if frames is not None else "?",
+            "dtype": self.get("model.dtype", "?"),
+            "attention": self.get("model.attn_implementation", "?"),
+            "threads": self.get("measure.threads", "?"),
+        }
+        out: dict[str, Any] = {}
+        for key in CONTROL_COLUMNS:
+            value = stored.get(key, fallback[key])
+            if unreduced and key in ("positions", "stage", "layer"):
+                value = NOT_APPLICABLE
+            out[f"ctl_{key}"] = str(value)
+        out["ctl_stored"] = bool(stored)
+        return out
 
 
 REPORT_FILES = ("summary.csv", "summary.md")
@@ -186,6 +224,7 @@ def samples_frame(runs: Sequence[Run]) -> pd.DataFrame:
                     "ratio": n_out / n_in if n_in and n_out is not None else None,
                     "eq_tokens": r.equivalent_tokens,
                     "flops_prefill": r.flops.prefill,
+                    "flops_ratio": r.flops.prefill_ratio,
                     "flops_vision": r.flops.vision,
                     "ttft_ms": _median(r.latency_ms, "prefill"),
                     "e2e_ms": _median(r.latency_ms, "e2e"),
@@ -218,7 +257,8 @@ def _rel(value: float, base: float) -> float:
 
 
 _ID_COLUMNS = ("model", "dataset", "method", "reducer", "stage", "layer", "budget",
-               "device", "device_name", "random_weights", "run_id")  # fmt: skip
+               "device", "device_name", "random_weights", "run_id",
+               "ctl_stored", *(f"ctl_{k}" for k in CONTROL_COLUMNS))  # fmt: skip
 _RELATIVE = {"accuracy": "rel_accuracy", "flops_prefill": "rel_flops",
              "ttft_ms": "rel_ttft", "eq_tokens": "rel_eq_tokens"}  # fmt: skip
 
@@ -241,6 +281,12 @@ def _absolute(group: pd.DataFrame) -> dict[str, Any]:
     row["kept_ratio"] = 100 * _mean(ok["ratio"])  # mean of per-sample ratios (R.NV)
     for col in ("eq_tokens", "flops_prefill", "flops_vision", "peak_bytes"):
         row[col] = _mean(ok[col])
+    # Achieved prefill FLOPs over each sample's own unreduced prefill (what a
+    # budget.flops budget targets): mean, and the range over samples.
+    achieved = pd.to_numeric(ok["flops_ratio"], errors="coerce").dropna()
+    row["flops_pct"] = 100 * float(achieved.mean()) if len(achieved) else math.nan
+    row["flops_pct_min"] = 100 * float(achieved.min()) if len(achieved) else math.nan
+    row["flops_pct_max"] = 100 * float(achieved.max()) if len(achieved) else math.nan
     # Latency: median over samples of the per-sample medians, with its IQR (the
     # spread a busy machine adds shows up here); the mean is the paper's figure.
     for col in ("ttft_ms", "e2e_ms"):
@@ -289,6 +335,17 @@ def summary_frame(samples: pd.DataFrame) -> pd.DataFrame:
     table = pd.DataFrame(rows)
     if table.empty:
         return table
+    if "ctl_positions" in table and "positions" in mixed_controls(
+        [{"positions": p} for p in table["ctl_positions"]]
+    ):
+        # A positions ablation: name the policy so figures tell the runs apart.
+        reduced = table["ctl_positions"] != NOT_APPLICABLE
+        table.loc[reduced, "method"] = (
+            table.loc[reduced, "method"]
+            + " ["
+            + table.loc[reduced, "ctl_positions"]
+            + "]"
+        )
     table["_order"] = table["reducer"].ne(BASELINE_REDUCER)
     table = table.sort_values(
         ["model", "dataset", "_order", "method", "kept_ratio"],
@@ -343,6 +400,17 @@ def flops_unit(value: float) -> tuple[float, str]:
     return 1.0, "FLOP"
 
 
+def _flops_pct(r: pd.Series) -> str:
+    """Achieved prefill FLOPs % of unreduced: the mean, and the range if it varies."""
+    mean, low, high = (
+        r.get(k) for k in ("flops_pct", "flops_pct_min", "flops_pct_max")
+    )
+    text = _num(mean)
+    if text != "n/a" and _num(low) != _num(high):
+        text += f" ({_num(low)}-{_num(high)})"
+    return text
+
+
 def _cells(r: pd.Series, div: float, unit: str) -> dict[str, str]:
     """Format one summary row's cells, keyed by column header."""
     device = "CPU" if r["device"] == "cpu" else "GPU"
@@ -366,6 +434,7 @@ def _cells(r: pd.Series, div: float, unit: str) -> dict[str, str]:
         "Eq. tokens": _num(r["eq_tokens"], "{:,.0f}"),
         "Prefill FLOPs": f"{_num(r['flops_prefill'] / div, '{:.3g}')} {unit}",
         "R.FLOPs": _num(r.get("rel_flops")),
+        "FLOPs %": _flops_pct(r),
         "TTFT": ttft,
         "R.TTFT": _num(r.get("rel_ttft")),
         "Agree %": _num(r.get("agreement")),
@@ -374,10 +443,10 @@ def _cells(r: pd.Series, div: float, unit: str) -> dict[str, str]:
 
 
 MD_HEADERS = ("Model", "Dataset", "Method", "Budget", "N", "Acc % [95% CI]", "R.Acc",
-              "Kept (ratio)", "Eq. tokens", "Prefill FLOPs", "R.FLOPs", "TTFT",
-              "R.TTFT", "Agree %", "McNemar p")  # fmt: skip
+              "Kept (ratio)", "Eq. tokens", "Prefill FLOPs", "FLOPs %", "R.FLOPs",
+              "TTFT", "R.TTFT", "Agree %", "McNemar p")  # fmt: skip
 SHORT_HEADERS = ("Method", "Budget", "N", "Errors", "Acc %", "Kept tokens",
-                 "Eq. tokens", "Prefill FLOPs", "TTFT")  # fmt: skip
+                 "Eq. tokens", "Prefill FLOPs", "FLOPs %", "TTFT")  # fmt: skip
 AVG_COLUMNS = {"R.Acc": "rel_accuracy", "R.TTFT": "rel_ttft", "R.FLOPs": "rel_flops",
                "Kept %": "kept_ratio"}  # fmt: skip
 NOTES = (
@@ -385,7 +454,9 @@ NOTES = (
     "dataset. Kept ratio = mean over samples of kept/input visual tokens. "
     "Eq. tokens = visual tokens averaged over decoder layers.",
     "Prefill FLOPs are analytic (causal attention, matmuls only; see "
-    "docs/measuring.md). TTFT = median over samples of per-sample median prefill "
+    "docs/measuring.md). FLOPs % = each sample's prefill FLOPs over its own "
+    "unreduced prefill, averaged (range over samples in brackets when it varies). "
+    "TTFT = median over samples of per-sample median prefill "
     "times, with the interquartile range (IQR) of those medians; 'CPU' marks CPU "
     "timings, which are not GPU numbers; n/a = not measured.",
     "McNemar: exact binomial test on the answers where exactly one of the run and "
@@ -393,16 +464,67 @@ NOTES = (
 )
 
 
+def _controls(summary: pd.DataFrame) -> tuple[list[str], dict[str, str]]:
+    """Return the controls that differ among the rows, and those that do not.
+
+    The unreduced run's ``-`` (it reduces nothing) neither differs nor counts.
+    """
+    rows = [
+        {k: r.get(f"ctl_{k}") for k in CONTROL_COLUMNS} for _, r in summary.iterrows()
+    ]
+    mixed = mixed_controls(rows)
+    same: dict[str, str] = {}
+    for key in CONTROL_COLUMNS:
+        values = [str(r[key]) for r in rows if str(r[key]) not in ("None", "-", "?")]
+        if key not in mixed and values:
+            same[key] = values[0]
+    return mixed, same
+
+
+def controls_note(summary: pd.DataFrame) -> str:
+    """Return the line(s) that state a table's controls before it.
+
+    One ``controls:`` line with the values every reduced row shares, and, when
+    rows differ in a control, the one warning line (those controls are then
+    columns of the table).
+    """
+    if summary.empty or not summary.get("ctl_stored", pd.Series()).any():
+        return ""  # runs recorded before controls were stored: nothing to state
+    mixed, same = _controls(summary)
+    lines = []
+    if same:
+        lines.append(
+            "controls: "
+            + " | ".join(f"{CONTROL_COLUMNS[k]} {v}" for k, v in same.items())
+        )
+    if mixed:
+        lines.append(mixed_warning(mixed))
+    return "".join(f"{line}\n" for line in lines)
+
+
 def _table(summary: pd.DataFrame, headers: Sequence[str]) -> str:
     flops = summary["flops_prefill"]
     div, unit = flops_unit(float(flops.max()) if flops.notna().any() else 1.0)
-    rows = [[_cells(r, div, unit)[h] for h in headers] for _, r in summary.iterrows()]
+    mixed = _controls(summary)[0] if "ctl_positions" in summary else []
+    headers = list(headers)
+    # Controls in which the rows differ become columns right after the method.
+    at = headers.index("Method") + 1
+    headers[at:at] = [CONTROL_COLUMNS[k] for k in mixed]
+    rows = []
+    for _, r in summary.iterrows():
+        cells = _cells(r, div, unit)
+        cells.update({CONTROL_COLUMNS[k]: str(r[f"ctl_{k}"]) for k in mixed})
+        rows.append([cells[h] for h in headers])
     return markdown_table(headers, rows)
 
 
 def summary_markdown(summary: pd.DataFrame, average: pd.DataFrame | None = None) -> str:
     """Return the Markdown report (main table, average table, notes)."""
-    parts = ["# tokenred report\n\n", _table(summary, MD_HEADERS)]
+    note = controls_note(summary)
+    parts = ["# tokenred report\n\n"]
+    if note:
+        parts.append(note.replace("\n", "\n\n"))
+    parts.append(_table(summary, MD_HEADERS))
     if average is not None and not average.empty:
         parts.append("\n## Average over datasets (mean of per-dataset ratios)\n\n")
         headers = ["Model", "Method", "Budget", "Datasets", *AVG_COLUMNS]
@@ -773,6 +895,7 @@ def summary_table(stores: Sequence[RunStore | str | Path]) -> str:
     samples = samples_frame(runs)
     if samples.empty:
         return "(no records)\n"
-    table = _table(summary_frame(samples), SHORT_HEADERS)
+    summary = summary_frame(samples)
+    table = controls_note(summary) + _table(summary, SHORT_HEADERS)
     breakdown = metrics_markdown(metrics_frame(runs), breakdown_only=True)
     return table + ("\n" + breakdown if breakdown else "")

@@ -102,12 +102,22 @@ class FlopsRecord:
         decode_per_token: Mean FLOPs of one decode step over the steps taken.
         vision: Vision tower + projector for the sample's video.
         attention: Attention counting convention (``"causal"`` or ``"full"``).
+        prefill_unreduced: The same prompt's prefill with every visual token kept
+            (the denominator of a ``budget.flops`` budget).
     """
 
     prefill: int | None = None
     decode_per_token: float | None = None
     vision: int | None = None
     attention: str = "causal"
+    prefill_unreduced: int | None = None
+
+    @property
+    def prefill_ratio(self) -> float | None:
+        """Achieved prefill FLOPs over the unreduced prefill of the same sample."""
+        if self.prefill is None or not self.prefill_unreduced:
+            return None
+        return self.prefill / self.prefill_unreduced
 
 
 @dataclass

@@ -32,6 +32,7 @@ def collect_manifest(
     *,
     compute: Mapping[str, Any] | None = None,
     kv_reuse: Mapping[str, Any] | None = None,
+    controls: Mapping[str, Any] | None = None,
 ) -> RunManifest:
     """Build the manifest of a run whose model is loaded.
 
@@ -45,6 +46,8 @@ def collect_manifest(
         kv_reuse: The ``measure.kv_reuse`` request and what applied
             (:func:`tokenred.reuse.manifest_entry`); the report's reuse table
             reads it.
+        controls: The run's resolved study-level controls
+            (:func:`tokenred.controls.describe_controls`).
     """
     desc = adapter.describe()
     device = loaded_device(adapter, cfg)
@@ -54,6 +57,7 @@ def collect_manifest(
         attn_implementation=desc.get("attn_implementation"),
         plugins=pm.plugin_rows() if pm is not None else (),
         random_weights=bool(desc.get("random_weights")),
+        controls=controls,
         measurement={
             "flops_attention": "causal",
             "latency_clock": "cuda_events"

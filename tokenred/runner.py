@@ -125,6 +125,7 @@ def run_experiment(
             per-sample data errors become error records instead.
     """
     protocol = preflight(cfg, registries)
+    cfg = protocol.cfg  # controls resolved (tokenred.controls): they key the run
     adapter, dataset = protocol.adapter, protocol.dataset
     # The weights are part of a run's identity: retrained or swapped weights at the
     # same path must not resume (or be reported as) the old weights' answers.
@@ -152,6 +153,7 @@ def run_experiment(
             pm,
             compute=settings.to_dict(),
             kv_reuse=manifest_entry(protocol),
+            controls=protocol.controls(),
         )
         store.write_manifest(manifest)
         if pm is not None:

@@ -56,16 +56,16 @@ def parse_budget(value: str | float) -> dict[str, Any]:
     if isinstance(value, bool):
         raise budget_error(f"{value!r} is not a number")
     if isinstance(value, int):
-        out: dict[str, Any] = {"ratio": None, "tokens": value}
+        out: dict[str, Any] = {"ratio": None, "tokens": value, "flops": None}
     elif isinstance(value, float):
-        out = {"ratio": value, "tokens": None}
+        out = {"ratio": value, "tokens": None, "flops": None}
     else:
         text = str(value).strip()
         try:
-            out = {"ratio": None, "tokens": int(text)}
+            out = {"ratio": None, "tokens": int(text), "flops": None}
         except ValueError:
             try:
-                out = {"ratio": float(text), "tokens": None}
+                out = {"ratio": float(text), "tokens": None, "flops": None}
             except ValueError:
                 raise budget_error(f"{text!r} is not a number") from None
     check_budget(out["ratio"], out["tokens"])
@@ -74,7 +74,10 @@ def parse_budget(value: str | float) -> dict[str, Any]:
 
 @dataclass
 class BudgetConfig(BudgetSpec):
-    """How many visual tokens a reducer may keep: a fraction of N or a count.
+    """How many visual tokens a reducer may keep: a fraction, a count or FLOPs.
+
+    ``flops`` is a fraction of the unreduced prefill FLOPs (compute-matched, for
+    cross-stage comparisons).
 
     A :class:`~tokenred.plan.BudgetSpec` (so the runner hands it to the adapter
     as is) with a default and help text for every field.
@@ -93,33 +96,60 @@ class BudgetConfig(BudgetSpec):
             "number of visual tokens to keep, >= 1; the alternative to ratio"
         ),
     )
+    flops: float | None = field(
+        default=None,
+        metadata=_help(
+            "fraction of the unreduced prefill FLOPs (same model, prompt and video) "
+            "to spend, in (0, 1]: resolved per sample to the largest visual-token "
+            "count whose analytic prefill FLOPs fit at the insertion layer. The "
+            "recommended unit for comparing reducers at different insertion points"
+        ),
+    )
 
 
 @dataclass
 class InsertionConfig:
-    """Where the reducer runs in the model and how positions are assigned."""
+    """Where the reducer runs in the model and how positions are assigned.
 
-    stage: Stage = field(
-        default=Stage.PRE_LLM,
-        metadata=_help("pre_llm: on the projected features; in_llm: before layer K"),
-    )
-    layer: int = field(
-        default=0,
+    Study-level controls: every reducer of a comparison runs at the same point
+    under the same policy. Unset fields take the model family's default (the
+    adapter's ``default_stage``, ``default_layer`` and ``default_positions``, see
+    ``docs/concepts.md``); the resolved values are stored in the run's manifest.
+    """
+
+    stage: Stage | None = field(
+        default=None,
         metadata=_help(
-            "decoder layer K the reduced tokens enter: 0 for pre_llm, >= 1 for in_llm"
+            "pre_llm: on the projected features; in_llm: before layer K; null uses "
+            "the model's default (in_llm for every first-party model)"
+        ),
+    )
+    layer: int | None = field(
+        default=None,
+        metadata=_help(
+            "decoder layer K the reduced tokens enter: 0 for pre_llm, >= 1 for "
+            "in_llm; null uses the model's default (K=2 for the 28-layer LLaVA and "
+            "Qwen2-VL checkpoints, K=1 for the 4-layer embedded model)"
         ),
     )
     positions: PositionPolicy | None = field(
         default=None,
         metadata=_help(
-            "rotary positions of reduced tokens: reassign, survive or merged; "
-            "null uses the reducer's preferred policy"
+            "rotary positions of reduced tokens, the same for every reducer: "
+            "reassign, survive or merged; null uses the model's default (survive "
+            "for the embedded model and M-RoPE Qwen2-VL, reassign for 1-D RoPE "
+            "LLaVA checkpoints)"
         ),
     )
 
     def __post_init__(self) -> None:
-        """Tie the layer to the stage."""
-        check_insertion(self.stage, self.layer)
+        """Tie the layer to the stage (when both are given)."""
+        if self.stage is not None:
+            self.stage = Stage(self.stage)
+        if self.layer is not None and self.layer < 0:
+            check_insertion(Stage.IN_LLM, self.layer)
+        if self.stage is not None and self.layer is not None:
+            check_insertion(self.stage, self.layer)
 
 
 @dataclass

@@ -20,16 +20,23 @@ if TYPE_CHECKING:
     from tokenred.tokens import Reduction, VisualTokens
 
 
-def resolve_policy(plan: ReductionPlan, rope: str) -> PositionPolicy:
+def resolve_policy(
+    plan: ReductionPlan,
+    rope: str,
+    default: PositionPolicy = PositionPolicy.SURVIVE,
+) -> PositionPolicy:
     """Return the position policy for ``plan`` on a ``rope`` ("1d"/"mrope") model.
 
+    The policy is a study-level control: the plan's (resolved by the runner from
+    ``insertion.positions`` or the model's default), else the adapter's
+    ``default``. Never the reducer's preference, so reducers compared in one study
+    differ in the reducer alone.
+
     Raises:
-        CompatibilityError: For an explicit ``reassign`` on an M-RoPE model.
+        CompatibilityError: For ``reassign`` on an M-RoPE model.
     """
-    policy = plan.positions or plan.reducer.position_policy
+    policy = plan.positions or default
     if rope == "mrope" and policy is PositionPolicy.REASSIGN:
-        if plan.positions is None:
-            return PositionPolicy.SURVIVE  # the reference's choice on Qwen2-VL
         msg = (
             "insertion.positions=reassign is undefined on an M-RoPE model (its "
             "(t, y, x) ids cannot be re-indexed contiguously); use survive or merged"

@@ -40,7 +40,7 @@ from tokenred.adapters._runtime import (
     weights_fingerprint,
 )
 from tokenred.arch import ArchSpec, VisionSpec
-from tokenred.errors import ModelLoadError, UsageError
+from tokenred.errors import ModelLoadError, TokenredError, UsageError
 from tokenred.insertion import (
     LayerReduction,
     Layout,
@@ -171,6 +171,23 @@ class HFVideoAdapter(ModelAdapter):
     def detokenize(self, ids: Sequence[int]) -> str:
         """Decode generated ids to text without special tokens."""
         return str(self._tokenizer.decode(list(ids), skip_special_tokens=True)).strip()
+
+    def num_layers(self) -> int | None:
+        """Return the LLM's layer count from the checkpoint's ``config.json``."""
+        if self._model is not None:
+            return int(self.text_config.num_hidden_layers)
+        from tokenred.checkpoints import read_config
+
+        try:
+            path = self._checkpoint_path()
+            if not path.is_dir():
+                return None
+            data = read_config(path)
+        except TokenredError:
+            return None
+        text = data.get("text_config") or data
+        layers = text.get("num_hidden_layers") if isinstance(text, dict) else None
+        return int(layers) if layers else None
 
     def _require_loaded(self) -> Any:
         if self._model is None:

@@ -31,6 +31,7 @@ from tokenred.insertion import (
 )
 from tokenred.measure.memory import cache_bytes
 from tokenred.model_io import UNREDUCED_STAGE, Generation, PrefillResult, PrefillStats
+from tokenred.plan import BudgetCost
 from tokenred.tokens import Stage
 
 if TYPE_CHECKING:
@@ -51,8 +52,12 @@ def run_prefill(
     """Prefill ``before + video block + after (+ continuation)``, reduced per plan."""
     video = video.to(adapter.device)
     ids, layout = adapter._layout(video, before, after, continuation)
+    policy = None
+    cost = None
     if plan is not None:
         adapter.check_plan(plan)
+        policy = resolve_policy(plan, adapter.rope, adapter.default_positions)
+        cost = BudgetCost(adapter.arch, layout.length, plan.layer)
     cache = adapter._new_cache()
     controller: LayerReduction | None = None
     sp: Spliced | None = None
@@ -66,9 +71,10 @@ def run_prefill(
                 plan,
                 layout,
                 video.features.to(embeds.dtype),
-                resolve_policy(plan, adapter.rope),
+                policy or resolve_policy(plan, adapter.rope),
                 head_dim=adapter.head_dim,
                 query=embeds[0, layout.query_start :],
+                cost=cost,
             )
             embeds = splice(embeds, sp, reduction.tokens.features)
             positions = sp.positions
@@ -78,8 +84,9 @@ def run_prefill(
                 adapter._rotary,
                 plan=plan,
                 layout=layout,
-                policy=resolve_policy(plan, adapter.rope),
+                policy=policy or resolve_policy(plan, adapter.rope),
                 head_dim=adapter.head_dim,
+                cost=cost,
             )
         logits = adapter._forward(
             cache, positions, embeds=embeds, controller=controller
@@ -115,7 +122,7 @@ def run_prefill(
         prompt_len=layout.length,
         stage=plan.stage.value if plan is not None else UNREDUCED_STAGE,
         layer=k,
-        policy=resolve_policy(plan, adapter.rope).value if plan is not None else "",
+        policy=policy.value if policy is not None else "",
         budget=budget,
     )
     return PrefillResult(logits, stats, reduction, state)

@@ -31,6 +31,7 @@ from tokenred.adapters._common import (
 from tokenred.adapters._hf import HFVideoAdapter
 from tokenred.arch import VisionSpec
 from tokenred.model_io import VideoFeatures
+from tokenred.tokens import PositionPolicy
 
 
 @dataclass
@@ -48,6 +49,9 @@ class LlavaOnevisionAdapter(HFVideoAdapter):
     name = "llava_onevision"
     Config: ClassVar[type[AdapterConfig]] = OneVisionAdapterConfig
     family = "llava_onevision"
+    default_positions = PositionPolicy.REASSIGN
+    """1-D RoPE LLaVA: STTM's position ablation found ``reassign`` best (sttm.md
+    §1.4); applied to every reducer alike."""
     model_types: ClassVar[tuple[str, ...]] = ("llava_onevision",)
     checkpoints: ClassVar[tuple[str, ...]] = (
         "llava-hf/LLaVA-Video-7B-Qwen2-hf",

@@ -156,6 +156,8 @@ class RunManifest:
         random_weights: True when the model was built from a config (no
             checkpoint): accuracy is then meaningless.
         measurement: How costs were measured (FLOPs convention, latency protocol).
+        controls: The resolved study-level controls (positions, stage, layer,
+            frames, dtype, attention, threads; :mod:`tokenred.controls`).
         sessions: How many times the run was started (1 + resumes).
         schema_version: Version of the record and manifest schema.
     """
@@ -171,6 +173,7 @@ class RunManifest:
     plugins: list[dict[str, Any]] = field(default_factory=list)
     random_weights: bool | None = None
     measurement: dict[str, Any] = field(default_factory=dict)
+    controls: dict[str, Any] = field(default_factory=dict)
     sessions: int = 1
     schema_version: int = 1
 
@@ -184,6 +187,7 @@ class RunManifest:
         plugins: Iterable[Mapping[str, Any]] = (),
         random_weights: bool | None = None,
         measurement: Mapping[str, Any] | None = None,
+        controls: Mapping[str, Any] | None = None,
     ) -> RunManifest:
         """Build a manifest for ``config``, probing versions, git and the device.
 
@@ -195,6 +199,7 @@ class RunManifest:
                 ``pm.plugin_rows()``).
             random_weights: Whether the model has random (config-built) weights.
             measurement: Cost settings to record (FLOPs convention, repeats...).
+            controls: The run's resolved study-level controls.
         """
         from tokenred.results import run_id  # results imports this module
 
@@ -211,6 +216,7 @@ class RunManifest:
             plugins=rows,
             random_weights=random_weights,
             measurement=dict(measurement or {}),
+            controls=dict(controls or {}),
         )
 
     def to_dict(self) -> dict[str, Any]:

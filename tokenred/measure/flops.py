@@ -433,3 +433,84 @@ def reuse_flops(
         "prefix": prefix,
         "question": question,
     }
+
+
+def reduced_schedule(
+    num_layers: int, layer: int, length: int, n_visual: int, kept: int
+) -> list[int]:
+    """Return the per-layer sequence lengths when ``kept`` of ``n_visual`` survive.
+
+    Layers ``< layer`` process the whole ``length``; the rest process ``length``
+    minus the dropped visual tokens (``layer = 0`` is a pre-LLM reduction).
+    """
+    reduced = length - n_visual + kept
+    return [length] * layer + [reduced] * (num_layers - layer)
+
+
+def flops_fraction(
+    arch: ArchSpec, *, length: int, n_visual: int, layer: int, kept: int
+) -> float:
+    """Return the prefill FLOPs with ``kept`` visual tokens over the unreduced ones.
+
+    The same analytic formula (causal attention, one logit) as every record, so a
+    budget stated in FLOPs lands on exactly the figure the report shows.
+    """
+    full = prefill_flops(arch, [length] * arch.layers).total
+    cut = reduced_schedule(arch.layers, layer, length, n_visual, kept)
+    return prefill_flops(arch, cut).total / full
+
+
+def flops_range(
+    arch: ArchSpec, *, length: int, n_visual: int, layer: int
+) -> tuple[float, float]:
+    """Return the smallest and largest FLOPs fraction a reduction can reach.
+
+    The smallest keeps one visual token; the largest keeps them all (1.0).
+    """
+    low = flops_fraction(
+        arch, length=length, n_visual=n_visual, layer=layer, kept=min(1, n_visual)
+    )
+    return low, 1.0
+
+
+def tokens_for_flops(
+    arch: ArchSpec, fraction: float, *, length: int, n_visual: int, layer: int
+) -> int | None:
+    """Return the largest visual-token count whose prefill FLOPs fit ``fraction``.
+
+    The FLOPs fraction is strictly increasing in the kept count, so a bisection over
+    the integer counts (``log2 N`` evaluations of the formula, no loop over tokens)
+    finds the count whose FLOPs are at most ``fraction`` of unreduced and as close
+    to it as the integer count allows.
+
+    Args:
+        arch: The language model's shape.
+        fraction: Target prefill FLOPs over the unreduced prefill FLOPs of the same
+            prompt and video, in (0, 1].
+        length: Unreduced prompt length (text + ``n_visual``).
+        n_visual: Visual tokens entering the reduction.
+        layer: Decoder layer the reduction runs before (0 before the LLM).
+
+    Returns:
+        The count in ``[1, n_visual]``, or None when even one kept token costs
+        more than ``fraction`` (see :func:`flops_range`).
+    """
+    if n_visual <= 0:
+        return 0
+
+    def fits(kept: int) -> bool:
+        ratio = flops_fraction(
+            arch, length=length, n_visual=n_visual, layer=layer, kept=kept
+        )
+        return ratio <= fraction
+
+    if not fits(1):
+        return None
+    lo, hi = 1, n_visual  # invariant: fits(lo); answer in [lo, hi]
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
