@@ -40,6 +40,9 @@ _BLOCK = re.compile(
 )
 _TIMING = re.compile(r"\d[\d,]*(?:\.\d+)? ms (CPU|GPU)")
 _PROGRESS = re.compile(r"^[^|\n]*:\s+\d+%\|")
+# Off a terminal the CLI logs progress as plain lines and ends with the elapsed
+# time (tokenred/progress.py); both are timings, so the pages leave them out.
+_LOG_LINE = re.compile(r"^(\S+: \d+/\d+ \(\d+%\), .* q/s, elapsed |elapsed \S+$)")
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,7 @@ def clean(text: str) -> str:
     lines = []
     for raw in text.split("\n"):
         line = raw.rsplit("\r", 1)[-1]  # what a terminal leaves after redraws
-        if _PROGRESS.match(line):
+        if _PROGRESS.match(line) or _LOG_LINE.match(line):
             continue
         lines.append(line.replace(str(REPO), PLACEHOLDER_REPO).rstrip())
     return "\n".join(lines).strip("\n") + "\n"
