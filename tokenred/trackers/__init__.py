@@ -139,6 +139,7 @@ class TrackerHub:
         # Observers see whatever the caller passes; only a run config has trackers.
         output = getattr(config, "output", None)
         names = list(getattr(output, "trackers", None) or [])
+        self.classes()  # asked at the first run, tracker or not: bad hooks show early
         classes = [self.resolve(n) for n in names]  # every name checked first
         if not classes:
             return
