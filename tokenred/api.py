@@ -114,7 +114,7 @@ def run(
         overrides=list(overrides),
         registries=registries,
     )
-    with _quiet_loading(enabled=bool(progress)):
+    with quiet_model_loading(enabled=bool(progress)):
         outcomes = run_study(study, registries, pm, progress=_factory(progress))
     return _outcome_results(outcomes)
 
@@ -154,8 +154,11 @@ def _factory(progress: bool | Callable[[str, int], Any]) -> Any:
 
 
 @contextmanager
-def _quiet_loading(*, enabled: bool) -> Iterator[None]:
-    """Switch the model library's weight-loading bars off for the call."""
+def quiet_model_loading(*, enabled: bool) -> Iterator[None]:
+    """Switch the model library's weight-loading bars off unless ``enabled``.
+
+    The CLI uses it off a terminal too: a carriage-return bar is noise in a log.
+    """
     if enabled:
         yield
         return
@@ -202,4 +205,4 @@ def _plain(value: Any) -> Any:
     return value
 
 
-__all__ = ["Results", "load_results", "run"]
+__all__ = ["Results", "load_results", "quiet_model_loading", "run"]

@@ -263,9 +263,11 @@ def _cmd_run(session: Session, args: argparse.Namespace) -> int:
             print(f"# run {i}/{total}" + (f": {swept}" if swept else ""))
             print(to_yaml(cfg), end="")
         return int(ExitCode.OK)
+    from tokenred.api import quiet_model_loading
     from tokenred.runner import run_study
 
-    outcomes = run_study(study, session.registries, session.pm, progress=_bar)
+    with quiet_model_loading(enabled=_isatty(sys.stderr)):
+        outcomes = run_study(study, session.registries, session.pm, progress=_bar)
     return _print_outcomes(outcomes)
 
 
