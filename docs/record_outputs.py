@@ -39,6 +39,7 @@ _BLOCK = re.compile(
     re.escape(START) + r"\n```console\n(.*?)```\n" + re.escape(END), re.S
 )
 _TIMING = re.compile(r"\d[\d,]*(?:\.\d+)? ms (CPU|GPU)")
+_IQR = re.compile(r"\(IQR \d[\d,]*(?:\.\d+)?\)")
 _PROGRESS = re.compile(r"^[^|\n]*:\s+\d+%\|")
 # Off a terminal the CLI logs progress as plain lines and ends with the elapsed
 # time (tokenred/progress.py); both are timings, so the pages leave them out.
@@ -72,7 +73,7 @@ def clean(text: str) -> str:
 
 def normalise(text: str) -> str:
     """Mask what legitimately differs between two runs: the timings."""
-    return _TIMING.sub(r"<t> ms \1", clean(text))
+    return _IQR.sub("(IQR <t>)", _TIMING.sub(r"<t> ms \1", clean(text)))
 
 
 def make_run(tmp: Path) -> str:
