@@ -38,8 +38,12 @@ PLACEHOLDER_REPO = "/path/to/tokenred"
 _BLOCK = re.compile(
     re.escape(START) + r"\n```console\n(.*?)```\n" + re.escape(END), re.S
 )
-_TIMING = re.compile(r"\d[\d,]*(?:\.\d+)? ms (CPU|GPU)(?: \(IQR [\d.,]+\))?")
+_TIMING = re.compile(r"\d[\d,]*(?:\.\d+)? ms (CPU|GPU)")
+_IQR = re.compile(r"\(IQR \d[\d,]*(?:\.\d+)?\)")
 _PROGRESS = re.compile(r"^[^|\n]*:\s+\d+%\|")
+# Off a terminal the CLI logs progress as plain lines and ends with the elapsed
+# time (tokenred/progress.py); both are timings, so the pages leave them out.
+_LOG_LINE = re.compile(r"^(\S+: \d+/\d+ \(\d+%\), .* q/s, elapsed |elapsed \S+$)")
 
 
 @dataclass(frozen=True)
@@ -61,7 +65,7 @@ def clean(text: str) -> str:
     lines = []
     for raw in text.split("\n"):
         line = raw.rsplit("\r", 1)[-1]  # what a terminal leaves after redraws
-        if _PROGRESS.match(line):
+        if _PROGRESS.match(line) or _LOG_LINE.match(line):
             continue
         lines.append(line.replace(str(REPO), PLACEHOLDER_REPO).rstrip())
     return "\n".join(lines).strip("\n") + "\n"
@@ -69,7 +73,7 @@ def clean(text: str) -> str:
 
 def normalise(text: str) -> str:
     """Mask what legitimately differs between two runs: the timings."""
-    return _TIMING.sub(r"<t> ms \1", clean(text))
+    return _IQR.sub("(IQR <t>)", _TIMING.sub(r"<t> ms \1", clean(text)))
 
 
 def make_run(tmp: Path) -> str:

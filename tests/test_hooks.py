@@ -144,3 +144,47 @@ def test_hookspecs_have_docstrings_and_no_firstresult():
         assert (fn.__doc__ or "").strip(), f"hookspec {name} needs a docstring"
         opts = fn.tokenred_spec
         assert not opts.get("firstresult") and not opts.get("historic"), name
+
+
+def test_hook_register_trackers(tmp_path):
+    from tokenred.config import load_config
+    from tokenred.trackers import HUB_NAME, Tracker
+
+    seen: list[tuple[str, Any]] = []
+
+    class Memory(Tracker):
+        name = "memory"
+
+        def log_sample(self, record: Any, step: int) -> None:
+            seen.append(("sample", (step, record["id"])))
+
+        def finish(self, store: Any, metrics: Any) -> None:
+            seen.append(("finish", dict(metrics)))
+
+    class Plugin:
+        @hookimpl
+        def register_trackers(self, register: Any) -> None:
+            register(Memory)
+
+    pm = get_plugin_manager(autoload=False, extra=[Plugin()])
+    hub = pm.get_plugin(HUB_NAME)
+    assert set(hub.classes()) == {"memory", "tensorboard"}
+    cfg = load_config(
+        [], overrides=[f"output.root={tmp_path}", "output.trackers=[memory]"]
+    )
+    pm.hook.before_run(config=cfg, manifest={"run_id": "abc"})
+    for i in range(2):
+        pm.hook.after_sample(record={"id": f"s{i}"})
+
+    class Store:
+        def read_metrics(self) -> dict[str, float]:
+            return {"accuracy": 50.0}
+
+    pm.hook.after_run(store=Store())
+    assert seen == [
+        ("sample", (1, "s0")),
+        ("sample", (2, "s1")),
+        ("finish", {"accuracy": 50.0}),
+    ]
+    pm.hook.after_sample(record={"id": "late"})  # no active tracker after the run
+    assert len(seen) == 3

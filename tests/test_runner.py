@@ -80,6 +80,10 @@ class _Observer:
         self.calls.append(("register_commands", subparsers))
 
     @hookimpl
+    def register_trackers(self, register: Any) -> None:
+        self.calls.append(("register_trackers", register))
+
+    @hookimpl
     def before_run(self, config: Any, manifest: Any) -> None:
         self.calls.append(("before_run", (config, manifest)))
 

@@ -12,7 +12,9 @@ import argparse
 import functools
 import json
 import logging
+import os
 import sys
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +43,9 @@ examples:
   tokenred --disable-plugin sttm plugins       list plugins with one disabled
 """
 LIST_KINDS = ("reducers", "models", "datasets")
+TIMED_COMMANDS = frozenset({"run", "calibrate", "report", "convert"})
+"""Commands that end with an ``elapsed ...`` line on stderr (the quick listings and
+``run --dry-run`` print only their answer)."""
 
 
 def _formatter(prog: str) -> argparse.HelpFormatter:
@@ -259,10 +264,12 @@ def _cmd_run(session: Session, args: argparse.Namespace) -> int:
             print(f"# run {i}/{total}" + (f": {swept}" if swept else ""))
             print(to_yaml(cfg), end="")
         return int(ExitCode.OK)
+    from tokenred.api import quiet_model_loading
     from tokenred.runner import run_study
 
     _print_headers(study, session)
-    outcomes = run_study(study, session.registries, session.pm, progress=_bar)
+    with quiet_model_loading(enabled=_isatty(sys.stderr)):
+        outcomes = run_study(study, session.registries, session.pm, progress=_bar)
     return _print_outcomes(outcomes)
 
 
@@ -284,10 +291,25 @@ def _print_headers(study: Study, session: Session) -> None:
 
 
 def _bar(label: str, total: int) -> Any:
-    """A progress bar on stderr (hidden when stderr is not a terminal)."""
+    """Progress on stderr: a tqdm bar on a terminal, plain lines in logs."""
+    if not _isatty(sys.stderr):  # CI, tee, Slurm: whole lines every few seconds
+        from tokenred.progress import LineProgress
+
+        return LineProgress(label, total, _log_line)
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=label, unit="q", leave=False, disable=None)
+    return tqdm(total=total, desc=label, unit="q", leave=False)
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # replaced or closed stream
+        return False
+
+
+def _log_line(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def _print_outcomes(outcomes: Sequence[RunOutcome]) -> int:
@@ -538,7 +560,9 @@ def main(argv: Sequence[str] | None = None, plugins: Sequence[object] = ()) -> i
     if flags.verbose >= 2:
         root.setLevel(logging.DEBUG)
     try:
-        return _main(argv, flags, plugins)
+        code = _main(argv, flags, plugins)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return code
     except SystemExit as exc:  # argparse: --help, --version, usage errors
         return exc.code if isinstance(exc.code, int) else int(ExitCode.USAGE_ERROR)
     except TokenredError as exc:
@@ -549,6 +573,9 @@ def main(argv: Sequence[str] | None = None, plugins: Sequence[object] = ()) -> i
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `tokenred list reducers | head -1`: the reader left
+        _silence_stdout()
+        return int(ExitCode.OK)
     except Exception as exc:
         if flags.traceback:
             traceback.print_exc()
@@ -560,6 +587,19 @@ def main(argv: Sequence[str] | None = None, plugins: Sequence[object] = ()) -> i
         root.setLevel(old_level)
 
 
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot fail again.
+
+    Without this, Python reports the closed pipe a second time at exit ("Exception
+    ignored ... BrokenPipeError") and exits with 120.
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # captured stdout (tests)
+        pass
+
+
 def _main(argv: list[str], flags: argparse.Namespace, plugins: Sequence[object]) -> int:
     pm = get_plugin_manager(block=flags.disable_plugin, extra=plugins)
     session = Session(pm)
@@ -569,7 +609,18 @@ def _main(argv: list[str], flags: argparse.Namespace, plugins: Sequence[object])
     if func is None:
         parser.print_help()
         return int(ExitCode.USAGE_ERROR)
-    return int(func(args))
+    if args.command not in TIMED_COMMANDS or getattr(args, "dry_run", False):
+        return int(func(args))
+    from tokenred.progress import format_duration
+
+    start = time.monotonic()
+    code = int(func(args))
+    # After a command that ran (errored samples included); a raised user error
+    # stays the one ``error: ...`` line. Flushing first keeps the summary above it
+    # in a ``2>&1`` log.
+    sys.stdout.flush()
+    _log_line(f"elapsed {format_duration(time.monotonic() - start)}")
+    return code
 
 
 def help_markdown() -> str:

@@ -59,6 +59,21 @@ def register_commands(subparsers: Any) -> None:
 
 
 @hookspec
+def register_trackers(register: Any) -> None:
+    """Register experiment trackers (switched on by ``output.trackers``).
+
+    Called when the first run of a manager starts. A tracker subclasses
+    :class:`tokenred.trackers.Tracker` and receives the run's config, each record
+    and the final metrics (the builtin hub forwards ``before_run``,
+    ``after_sample`` and ``after_run`` to it).
+
+    Args:
+        register: Call as ``register(TrackerClass)`` (registered under its
+            ``name``) or, to import lazily, ``register("name", "module:Class")``.
+    """
+
+
+@hookspec
 def before_run(config: Any, manifest: Any) -> None:
     """Observe the start of a run; return values are ignored.
 

@@ -20,6 +20,7 @@ from typing import Any
 import pluggy
 
 from tokenred import hookspecs
+from tokenred.trackers import HUB_NAME, TrackerHub
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +166,8 @@ def get_plugin_manager(
         if pm.is_blocked(module_name):
             continue
         pm.register(importlib.import_module(module_name), name=module_name)
+    if not pm.is_blocked(HUB_NAME):  # trackers: one hub per manager (it has state)
+        pm.register(TrackerHub(pm), name=HUB_NAME)
     if autoload and os.environ.get(ENV_NO_AUTOLOAD, "") not in {"1", "true"}:
         _load_entry_points(pm)
     for obj in extra:

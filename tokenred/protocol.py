@@ -152,7 +152,9 @@ class SampleProtocol:
             video = source.get(sample)
             return self.record(sample, video, self.answer(video, sample)), video
         except DataError as exc:
-            record = SampleRecord.failed(sample.id, sample.video_id, exc, sample.meta)
+            record = SampleRecord.failed(
+                sample.id, sample.video_id, exc, sample.meta, **_question(sample)
+            )
             log.warning("sample %s: %s", sample.id, record.error)
             return record, None
 
@@ -209,6 +211,7 @@ class SampleProtocol:
             answer=sample.answer,
             correct=None if sample.answer is None else bool(correct),
             text=gen.text,
+            **_question(sample),
             n_visual_in=state.n_visual_in,
             n_visual_out=state.n_visual_out,
             budget_tokens=state.budget
@@ -252,6 +255,11 @@ class SampleProtocol:
             "decode_per_token": summarize(per_token) if per_token else None,
             "e2e": summarize(e2e),
         }
+
+
+def _question(sample: Sample) -> dict[str, Any]:
+    """The record fields that let a failure be read without rerunning it."""
+    return {"prompt": sample.prompt, "options": list(sample.options)}
 
 
 __all__ = ["Answered", "SampleProtocol"]

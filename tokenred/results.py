@@ -150,6 +150,10 @@ class SampleRecord:
         answer: Gold letter, or None.
         correct: ``prediction == answer`` (None when unknown).
         text: Raw generated text.
+        prompt: The full user text the model was given (instruction, question,
+            lettered options, answer cue), so a wrong answer can be read without
+            rerunning; None in records written before it was kept.
+        options: The option texts, in letter order (None in older records).
         n_visual_in: Visual tokens before reduction.
         n_visual_out: Visual tokens after reduction (achieved, not requested).
         budget_tokens: The requested budget resolved to tokens.
@@ -175,6 +179,8 @@ class SampleRecord:
     answer: str | None = None
     correct: bool | None = None
     text: str = ""
+    prompt: str | None = None
+    options: list[str] | None = None
     n_visual_in: int | None = None
     n_visual_out: int | None = None
     budget_tokens: int | None = None
@@ -260,6 +266,8 @@ _OPTIONAL: dict[str, tuple[type, ...]] = {
     "prediction": (str,),
     "answer": (str,),
     "correct": (bool,),
+    "prompt": (str,),
+    "options": (list,),
     "agree_with_unreduced": (bool,),
     "n_visual_in": (int,),
     "n_visual_out": (int,),

@@ -1,5 +1,9 @@
 """What a run writes next to its records: the manifest and the aggregate metrics.
 
+A study writes one more file, ``results.json`` in its folder
+(:func:`tokenred.results_json.write_study_results`, re-exported here so the runner
+finds every file it writes in one module).
+
 The run store (:mod:`tokenred.results`) owns the files and their atomic writes;
 this module decides what goes into them, so the runner only says *when*.
 """
@@ -10,6 +14,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from tokenred.results import RunManifest
+from tokenred.results_json import write_study_results
 
 if TYPE_CHECKING:
     from tokenred.adapter import ModelAdapter
@@ -95,4 +100,9 @@ def write_metrics(store: RunStore, dataset: VideoDataset) -> dict[str, float]:
     return metrics
 
 
-__all__ = ["collect_manifest", "loaded_device", "write_metrics"]
+__all__ = [
+    "collect_manifest",
+    "loaded_device",
+    "write_metrics",
+    "write_study_results",
+]

@@ -30,7 +30,12 @@ from tokenred.config import to_dict, to_yaml
 from tokenred.protocol import SampleProtocol
 from tokenred.results import RunStore
 from tokenred.reuse import KVReuse, manifest_entry
-from tokenred.runfiles import collect_manifest, loaded_device, write_metrics
+from tokenred.runfiles import (
+    collect_manifest,
+    loaded_device,
+    write_metrics,
+    write_study_results,
+)
 from tokenred.videos import VideoSource, by_video
 
 if TYPE_CHECKING:
@@ -98,9 +103,11 @@ def run_study(
     experiments = with_baselines(study.experiments, registries)
     for cfg in experiments:
         preflight(cfg, registries)
-    return [
+    outcomes = [
         run_experiment(cfg, registries, pm, progress=progress) for cfg in experiments
     ]
+    write_study_results([o.store for o in outcomes])  # <root>/<name>/results.json
+    return outcomes
 
 
 def run_experiment(

@@ -234,6 +234,13 @@ class OutputConfig:
             "model, video and frame sampling"
         ),
     )
+    trackers: list[str] = field(
+        default_factory=list,
+        metadata=_help(
+            "experiment trackers to send each run to, e.g. [tensorboard] "
+            "(registered by the register_trackers hook)"
+        ),
+    )
 
 
 @dataclass
