@@ -21,7 +21,7 @@ def test_run_returns_rows_for_the_reducer_and_the_unreduced_run(
     )
     out, err = capfd.readouterr()
     assert out == "" and err == "", "the API prints nothing unless asked"
-    assert [r["method"] for r in rows] == ["unreduced", "random"]
+    assert [r["method"] for r in rows] == ["unreduced", "random (K=1)"]
     base, red = rows
     for row in rows:
         assert row["n"] == 4 and row["errors"] == 0
@@ -31,7 +31,7 @@ def test_run_returns_rows_for_the_reducer_and_the_unreduced_run(
     assert 0 < red["flops_prefill"] < base["flops_prefill"]
     assert base["rel_flops"] == pytest.approx(100) and red["rel_flops"] < 100
     assert isinstance(rows.frame, pd.DataFrame) and len(rows.frame) == 2
-    assert list(rows.to_pandas()["method"]) == ["unreduced", "random"]
+    assert list(rows.to_pandas()["method"]) == ["unreduced", "random (K=1)"]
 
     again = tokenred.load_results(tmp_path / "default")
     assert again == rows, "a finished store reads back as the same rows"
@@ -47,7 +47,7 @@ def test_run_takes_a_study_file_and_token_budgets(tmp_path: Path):
         "sweep:\n  budget.tokens: [64, 128]\n  reducer.name: [random]\n"
     )
     rows = tokenred.run(study, progress=lambda label, total: _Bar())
-    assert [r["method"] for r in rows] == ["unreduced", "random", "random"]
+    assert [r["method"] for r in rows] == ["unreduced", "random (K=1)", "random (K=1)"]
     assert sorted(r["kept_tokens"] for r in rows[1:]) == [64, 128]
     assert all("api_study" in r["run_dir"] for r in rows)
 
