@@ -35,7 +35,7 @@ def test_run_returns_rows_for_the_reducer_and_the_unreduced_run(
 
     again = tokenred.load_results(tmp_path / "default")
     assert again == rows, "a finished store reads back as the same rows"
-    assert tokenred.load_results(rows[1]["run_dir"])[0]["method"] == "random"
+    assert tokenred.load_results(rows[1]["run_dir"])[0]["method"] == "random (K=1)"
 
 
 def test_run_takes_a_study_file_and_token_budgets(tmp_path: Path):
