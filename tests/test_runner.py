@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -501,3 +502,22 @@ def test_reuse_report_compares_the_cost_per_question(
     )
     assert 1 < row["video_in_answers"] < 3
     assert row["same_answers_pct"] == 100.0
+
+
+@pytest.mark.parametrize(
+    ("budget", "needle"),
+    [("5000", "exceeds the"), ("0.0001", "rounds to 0 tokens")],
+)
+def test_a_clamped_budget_is_said_once_per_run(
+    tmp_path: Path,
+    data_root: Path,
+    budget: str,
+    needle: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    argv = _argv(tmp_path / "runs", data_root, "data.limit=2")
+    argv[argv.index("--budget") + 1] = budget
+    with caplog.at_level(logging.WARNING, logger="tokenred.protocol"):
+        assert main(argv) == 0
+    notes = [r.getMessage() for r in caplog.records if needle in r.getMessage()]
+    assert len(notes) == 1, f"one warning per run, got {notes}"

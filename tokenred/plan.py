@@ -175,6 +175,25 @@ class BudgetSpec:
             value = math.floor(float(self.ratio or 0.0) * n + 0.5)
         return max(1, min(int(value), max(n, 1)))
 
+    def clamp_note(self, n: int) -> str | None:
+        """Say how the budget is clamped for ``n`` visual tokens, or None if it is not.
+
+        A ratio that rounds to no token keeps one; a count above ``n`` keeps them
+        all, so the run is unreduced on that video while labelled with the budget.
+        Both are legal (a sweep may cross them) but never silent: the runner warns.
+        """
+        if self.tokens is not None and self.tokens > n:
+            return (
+                f"budget tokens={self.tokens} exceeds the {n} visual tokens of a "
+                "video: every token is kept there (unreduced at this budget)"
+            )
+        if self.ratio is not None and math.floor(self.ratio * n + 0.5) < 1:
+            return (
+                f"budget ratio={self.ratio} of {n} visual tokens rounds to 0 tokens: "
+                "1 token is kept"
+            )
+        return None
+
     def _resolve_flops(self, n: int, cost: BudgetCost | None) -> int:
         from tokenred.measure.flops import flops_range, tokens_for_flops
 

@@ -86,6 +86,7 @@ class SampleProtocol:
         self.origin = origin
         self.device = device
         self.unreduced = cfg.reducer.name == BASELINE_REDUCER
+        self._budget_noted = False
 
     @classmethod
     def for_config(
@@ -190,6 +191,7 @@ class SampleProtocol:
         """Score one answer and assemble its record."""
         gen = ans.generation
         state = gen.prefill.stats
+        self._note_budget(state.n_visual_in)
         prediction, correct = self.dataset.score(gen.text, sample)
         flops = None
         if self.cfg.measure.flops:
@@ -235,6 +237,15 @@ class SampleProtocol:
                 "feature_cache_hit": video.hit,
             },
         )
+
+    def _note_budget(self, n_visual: int) -> None:
+        """Warn once per run when the budget is clamped (see ``clamp_note``)."""
+        if self.unreduced or self._budget_noted:
+            return
+        note = self.cfg.budget.clamp_note(n_visual)
+        if note is not None:
+            self._budget_noted = True
+            log.warning("%s (said once per run; records hold the kept count)", note)
 
     def _latency(
         self, video: CachedVideo, ans: Answered, steps: int
