@@ -38,7 +38,7 @@ def test_results_json_validates_against_its_schema(study):
     _, doc = study
     validator().validate(doc)
     assert doc["schema_version"] == 1 and doc["study"] == "rj"
-    assert [r["method"] for r in doc["runs"]] == ["unreduced", "random"]
+    assert [r["method"] for r in doc["runs"]] == ["unreduced", "random (K=1)"]
 
 
 def test_every_run_has_config_controls_metrics_and_costs(study):
