@@ -177,4 +177,5 @@ def test_runner_only_orchestrates():
         elif isinstance(node, ast.Import):
             imported |= {a.name for a in node.names if a.name.startswith("tokenred.")}
     assert len(text.splitlines()) <= 350
-    assert len(imported) <= 9, sorted(imported)
+    # 10: tokenred.distributed (the ranks a run is shared by, issue 18).
+    assert len(imported) <= 10, sorted(imported)

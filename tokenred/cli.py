@@ -258,9 +258,19 @@ def _cmd_run(session: Session, args: argparse.Namespace) -> int:
             print(f"# run {i}/{total}" + (f": {swept}" if swept else ""))
             print(to_yaml(cfg), end="")
         return int(ExitCode.OK)
+    from tokenred.distributed import World
     from tokenred.runner import run_study
 
-    outcomes = run_study(study, session.registries, session.pm, progress=_bar)
+    world = World.current()  # torchrun/accelerate ranks: only rank 0 reports
+    if not world.is_main:
+        logging.getLogger("tokenred").setLevel(logging.WARNING)
+    try:
+        bar = _bar if world.is_main else None
+        outcomes = run_study(study, session.registries, session.pm, progress=bar)
+    finally:
+        world.close()
+    if not world.is_main:
+        return int(ExitCode.OK)
     return _print_outcomes(outcomes)
 
 

@@ -31,6 +31,7 @@ def collect_manifest(
     pm: TokenredPluginManager | None,
     *,
     compute: Mapping[str, Any] | None = None,
+    parallel: Mapping[str, Any] | None = None,
 ) -> RunManifest:
     """Build the manifest of a run whose model is loaded.
 
@@ -41,6 +42,8 @@ def collect_manifest(
         pm: The plugin manager, whose plugins are listed with their versions.
         compute: The thread and determinism settings the run used
             (:class:`tokenred.determinism.ComputeSettings`).
+        parallel: World size, launcher and each rank's host and device
+            (:meth:`tokenred.distributed.World.describe`).
     """
     desc = adapter.describe()
     device = loaded_device(adapter, cfg)
@@ -58,6 +61,7 @@ def collect_manifest(
             "warmup": cfg.measure.warmup,
             "repeats": cfg.measure.repeats,
             "compute": dict(compute or {}),
+            "parallel": dict(parallel or {"world_size": 1}),
             "model": desc,
         },
     )
