@@ -81,3 +81,13 @@ def test_device_map_auto_over_gpus_answers_as_one_gpu(tmp_path):
     assert all(v == ["cuda:0", "cuda:1"] for v in devices.values())
     keep = {k: v for k, v in one.items() if not k.endswith(":devices")}
     assert {k: v for k, v in many.items() if k not in devices} == keep
+
+
+def test_timers_span_only_the_cuda_devices_of_a_sharded_model():
+    from tokenred.measure.latency import Timer, time_across
+
+    try:
+        time_across(["cpu", "disk"])  # offloading: the host clock times it all
+        assert Timer("cpu").devices == [torch.device("cpu")]
+    finally:
+        time_across([])

@@ -155,6 +155,9 @@ class HFVideoAdapter(ModelAdapter):
             label=self.name,
             device_map=self.config.device_map if torch.cuda.is_available() else None,
         )
+        from tokenred.measure.latency import time_across
+
+        time_across([])
         if self.config.device_map:
             # Accelerate's hooks move activations between devices; inputs, positions
             # and the KV cache start where the embeddings live.
@@ -164,6 +167,9 @@ class HFVideoAdapter(ModelAdapter):
                 model, self.config.device_map, self.name, str(self._device)
             )
             self._model.eval()
+            from tokenred.adapters._sharding import model_devices
+
+            time_across(model_devices(self._model))
         else:
             self._model = model.to(self._device).eval()
         self._path = path
