@@ -60,10 +60,10 @@ class DistributedError(TokenredError):
 def launcher_name(env: dict[str, str] | os._Environ[str] | None = None) -> str | None:
     """Name the launcher that started this process, from its environment."""
     env = os.environ if env is None else env
+    if any(k.startswith("ACCELERATE_") for k in env):
+        return "accelerate"  # it starts its ranks through torchrun's agent
     if "TORCHELASTIC_RUN_ID" in env:
         return "torchrun"
-    if any(k.startswith("ACCELERATE_") for k in env):
-        return "accelerate"
     if "SLURM_PROCID" in env and "RANK" not in env:
         return "srun"
     if "WORLD_SIZE" in env:

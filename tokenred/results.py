@@ -50,6 +50,8 @@ RETIRED_FIELDS = frozenset({"agree_with_unreduced"})
 """Record keys older stores may hold that no longer mean anything (never set);
 reading drops them instead of carrying them in ``meta['_extra']``."""
 __all__ = ["RunManifest", "RunStore", "SampleRecord", "run_id"]
+LATER_DEFAULTS: dict[tuple[str, str], Any] = {("model", "device_map"): None}
+"""``(section, key) -> default`` of config keys newer than the first stores."""
 LATENCY_PHASES = ("vision", "reducer", "prefill", "decode_per_token", "e2e")
 
 
@@ -64,8 +66,16 @@ class RunLockedError(RunStoreError):
 
 
 def canonical_config(config: Mapping[str, Any]) -> str:
-    """Return the canonical JSON of a resolved config, without ``output``."""
+    """Return the canonical JSON of a resolved config, without ``output``.
+
+    Keys added after stores existed are left out at their default
+    (:data:`LATER_DEFAULTS`), so adding a key never orphans an existing run.
+    """
     body = {k: v for k, v in jsonable(config).items() if k != "output"}
+    for (section, key), default in LATER_DEFAULTS.items():
+        part = body.get(section)
+        if isinstance(part, dict) and key in part and part[key] == default:
+            body[section] = {k: v for k, v in part.items() if k != key}
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
