@@ -91,3 +91,15 @@ def test_timers_span_only_the_cuda_devices_of_a_sharded_model():
         assert Timer("cpu").devices == [torch.device("cpu")]
     finally:
         time_across([])
+
+
+def test_data_parallel_replicas_get_disjoint_gpu_groups(monkeypatch):
+    from tokenred.adapters._sharding import replica_gpus
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    groups = [
+        replica_gpus({"LOCAL_WORLD_SIZE": "2", "LOCAL_RANK": str(r)}) for r in (0, 1)
+    ]
+    assert groups == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert replica_gpus({"LOCAL_WORLD_SIZE": "8", "LOCAL_RANK": "3"}) == [3]
+    assert replica_gpus({}) is None  # one process: Accelerate plans over all GPUs

@@ -113,7 +113,10 @@ def load_checkpoint(
             if device_map in ("auto", "balanced", "balanced_low_0", "sequential"):
                 # Big-model loading: each shard goes straight to its GPU, so a
                 # checkpoint larger than host memory still loads.
+                from tokenred.adapters._sharding import max_memory, replica_gpus
+
                 kwargs["device_map"] = device_map
+                kwargs["max_memory"] = max_memory(replica_gpus())
             model = cls.from_pretrained(str(path), **kwargs)
         else:
             config = transformers.AutoConfig.from_pretrained(str(path))

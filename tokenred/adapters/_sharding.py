@@ -12,7 +12,9 @@ timed across every device the model uses (:mod:`tokenred.measure.latency`).
 
 from __future__ import annotations
 
+import os
 import tempfile
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -71,6 +73,30 @@ def complete(
     return out
 
 
+def replica_gpus(env: Mapping[str, str] | None = None) -> list[int] | None:
+    """This rank's GPUs when data-parallel ranks share a node's GPUs, else None.
+
+    With ``LOCAL_WORLD_SIZE`` ranks on a node of G GPUs, local rank r owns GPUs
+    ``r*k .. r*k+k-1`` (k = G // ranks), so ``torchrun --nproc-per-node 2`` with
+    ``model.device_map=auto`` on 8 GPUs runs two 4-GPU replicas.
+    """
+    env = os.environ if env is None else env
+    ranks = int(env.get("LOCAL_WORLD_SIZE", "1") or 1)
+    count = torch.cuda.device_count()
+    if ranks <= 1 or count == 0:
+        return None
+    k = max(count // ranks, 1)
+    first = (int(env.get("LOCAL_RANK", "0")) * k) % count
+    return list(range(first, min(first + k, count)))
+
+
+def max_memory(gpus: list[int] | None) -> dict[int | str, int] | None:
+    """Accelerate's ``max_memory`` limited to ``gpus`` (None: every GPU)."""
+    if gpus is None:
+        return None
+    return {i: int(torch.cuda.mem_get_info(i)[0]) for i in gpus}
+
+
 def shard(
     model: Any, device_map: str, label: str, default: str = "cpu"
 ) -> tuple[Any, torch.device]:
@@ -96,7 +122,11 @@ def shard(
                 "on CPU give explicit MODULE=DEVICE pairs (cpu, disk)"
             )
             raise ModelLoadError(msg)
-        placed = infer_auto_device_map(model, no_split_module_classes=no_split)
+        placed = infer_auto_device_map(
+            model,
+            max_memory=max_memory(replica_gpus()),
+            no_split_module_classes=no_split,
+        )
     else:
         placed = complete(model, parsed, default)
     main = main_device(model, placed)
