@@ -91,6 +91,14 @@ class AdapterConfig:
         default="cpu",
         metadata={"help": "torch device: cpu, cuda, cuda:1 or auto (cuda if present)"},
     )
+    device_map: str | None = field(
+        default=None,
+        metadata={
+            "help": "shard the model over devices with Accelerate: auto, balanced, "
+            "sequential, or MODULE=DEVICE pairs joined by commas "
+            "(language_model.layers.2=1,...); overrides model.device"
+        },
+    )
     attn_implementation: str = field(
         default="sdpa",
         metadata={

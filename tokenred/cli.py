@@ -265,11 +265,22 @@ def _cmd_run(session: Session, args: argparse.Namespace) -> int:
             print(to_yaml(cfg), end="")
         return int(ExitCode.OK)
     from tokenred.api import quiet_model_loading
+    from tokenred.distributed import World
     from tokenred.runner import run_study
 
-    _print_headers(study, session)
-    with quiet_model_loading(enabled=_isatty(sys.stderr)):
-        outcomes = run_study(study, session.registries, session.pm, progress=_bar)
+    world = World.current()  # torchrun/accelerate ranks: only rank 0 reports
+    if world.is_main:
+        _print_headers(study, session)
+    else:
+        logging.getLogger("tokenred").setLevel(logging.WARNING)
+    try:
+        bar = _bar if world.is_main else None
+        with quiet_model_loading(enabled=_isatty(sys.stderr)):
+            outcomes = run_study(study, session.registries, session.pm, progress=bar)
+    finally:
+        world.close()
+    if not world.is_main:
+        return int(ExitCode.OK)
     return _print_outcomes(outcomes)
 
 

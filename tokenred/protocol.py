@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from tokenred.featcache import CachedVideo
     from tokenred.model_io import Generation
     from tokenred.registry import Registries
+    from tokenred.reuse import KVReuse
     from tokenred.schema import ExperimentConfig
     from tokenred.videos import VideoSource
 
@@ -114,6 +115,22 @@ class SampleProtocol:
     def controls(self) -> dict[str, Any]:
         """Return the run's resolved study-level controls (manifest, header line)."""
         return describe_controls(self.cfg, unreduced=self.unreduced)
+
+    def kv_reuse(self) -> KVReuse | None:
+        """Return the per-video KV-reuse step when ``measure.kv_reuse`` applies.
+
+        None without reuse, and for a query-dependent reducer (it warns): a video
+        prefix cache cannot be shared across questions then.
+        """
+        from tokenred.reuse import KVReuse
+
+        return KVReuse.for_run(self)
+
+    def kv_reuse_entry(self) -> dict[str, Any]:
+        """Return the manifest's ``kv_reuse`` entry (requested, applied, why)."""
+        from tokenred.reuse import manifest_entry
+
+        return manifest_entry(self)
 
     def compute_settings(self) -> AbstractContextManager[ComputeSettings]:
         """Return the run's thread and determinism settings as a context manager.

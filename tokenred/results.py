@@ -8,6 +8,7 @@ A run directory holds::
         samples.jsonl    one SampleRecord per line, append-only
         metrics.json     the dataset's aggregate metrics over the records
         .lock            fcntl.flock'ed while a process writes; holds its pid
+        .append.lock     flock'ed around each append when several ranks share a run
         samples.quarantine.jsonl   lines that did not fit the schema (if any)
 
 ``run_id`` is a short hash of the resolved config without its ``output`` section, so
@@ -33,7 +34,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -62,7 +63,10 @@ class RunLockedError(RunStoreError):
     """Another process is writing to the same run directory."""
 
 
-IMPLIED_BEFORE: dict[tuple[str, str], Any] = {("data", "questions_per_video"): 1}
+IMPLIED_BEFORE: dict[tuple[str, str], Any] = {
+    ("data", "questions_per_video"): 1,
+    ("model", "device_map"): None,
+}
 """Config keys added after run stores existed, with the value every earlier run had.
 
 At that value such a key is left out of the run id, so stores written before the
@@ -517,6 +521,8 @@ class RunStore:
         self._status: dict[str, str] = {}
         self._attempts: dict[str, int] = {}
         self._session = 1
+        self._shared = False
+        self._joined = False
         self.invalid_lines: list[InvalidLine] = []
         """Lines the last :meth:`records` call skipped."""
 
@@ -534,8 +540,8 @@ class RunStore:
 
     @property
     def is_open(self) -> bool:
-        """Whether this object holds the write lock."""
-        return self._lock_fd is not None
+        """Whether this object holds the write lock (or joined its holder)."""
+        return self._lock_fd is not None or self._joined
 
     def __enter__(self) -> RunStore:
         return self.open() if not self.is_open else self
@@ -585,8 +591,37 @@ class RunStore:
             raise
         return self
 
+    def share(self) -> RunStore:
+        """Let other processes :meth:`join` this open store (data-parallel ranks).
+
+        From now on every append, this process's included, takes a short
+        exclusive ``flock`` on ``.append.lock``, so lines of different ranks never
+        interleave and a line torn by a killed rank cannot swallow the next one.
+        """
+        self._require_open("share")
+        self._shared = True
+        return self
+
+    def join(self) -> RunStore:
+        """Append to a store that another process holds open and shares.
+
+        The holder (rank 0) took the run lock and repaired the file before the
+        other ranks join (the caller orders that with a barrier); a joined store
+        reads the recorded ids and appends under the short append lock, and never
+        writes the config, manifest or metrics.
+        """
+        self._joined, self._shared = True, True
+        try:
+            self._load_status()
+            self._open_samples()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
     def close(self) -> None:
         """Close the samples file and release the lock (idempotent)."""
+        self._joined = self._shared = False
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -725,17 +760,47 @@ class RunStore:
             raise RunStoreError(msg)
         assert self._fd is not None
         record.attempts = self._attempts.get(record.id, 0) + 1
-        size = os.fstat(self._fd).st_size
+        line = (record.to_json() + "\n").encode("utf-8")
+        if self._shared:
+            with self._append_lock():
+                self._write_line(self._fd, line, fresh_line=True)
+        else:
+            self._write_line(self._fd, line, fresh_line=False)
+        self._status[record.id] = record.status
+        self._attempts[record.id] = record.attempts
+
+    def _write_line(self, fd: int, line: bytes, *, fresh_line: bool) -> None:
+        """Write one record line durably; on failure cut it so nothing changes.
+
+        With ``fresh_line`` (shared stores) an unterminated tail left by a killed
+        rank is first ended with a newline, so it stays one invalid line (moved
+        aside on the next open) instead of corrupting this record.
+        """
+        size = os.fstat(fd).st_size
+        if fresh_line and size and os.pread(fd, 1, size - 1) != b"\n":
+            line = b"\n" + line
         try:
-            _write_all(self._fd, (record.to_json() + "\n").encode("utf-8"))
-            os.fsync(self._fd)
+            _write_all(fd, line)
+            os.fsync(fd)
         except OSError as exc:
             # Cut a partly written line so the store stays exactly as it was.
             with contextlib.suppress(OSError):
-                os.ftruncate(self._fd, size)
+                os.ftruncate(fd, size)
             raise store_error("write", self.samples_path, exc) from exc
-        self._status[record.id] = record.status
-        self._attempts[record.id] = record.attempts
+
+    @contextlib.contextmanager
+    def _append_lock(self) -> Iterator[None]:
+        """Hold ``.append.lock`` exclusively for one append (blocking, short)."""
+        path = self.path / ".append.lock"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise store_error("create", path, exc) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the flock
 
     def records(self, *, latest: bool = True) -> list[SampleRecord]:
         """Return the records in file order; a retried id keeps only its last record.
@@ -768,7 +833,7 @@ class RunStore:
     def _open_samples(self) -> None:
         try:
             self._fd = os.open(
-                self.samples_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644
+                self.samples_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644
             )
         except OSError as exc:
             raise store_error("open", self.samples_path, exc) from exc

@@ -38,6 +38,7 @@ def collect_manifest(
     compute: Mapping[str, Any] | None = None,
     kv_reuse: Mapping[str, Any] | None = None,
     controls: Mapping[str, Any] | None = None,
+    parallel: Mapping[str, Any] | None = None,
 ) -> RunManifest:
     """Build the manifest of a run whose model is loaded.
 
@@ -53,6 +54,8 @@ def collect_manifest(
             reads it.
         controls: The run's resolved study-level controls
             (:func:`tokenred.controls.describe_controls`).
+        parallel: World size, launcher and each rank's host and device
+            (:meth:`tokenred.distributed.World.describe`).
     """
     desc = adapter.describe()
     device = loaded_device(adapter, cfg)
@@ -73,6 +76,7 @@ def collect_manifest(
             "compute": dict(compute or {}),
             # absent (not "none applied") when the caller did not say
             **({"kv_reuse": dict(kv_reuse)} if kv_reuse is not None else {}),
+            "parallel": dict(parallel or {"world_size": 1}),
             "model": desc,
         },
     )

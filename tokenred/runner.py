@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING, Any
 
 from tokenred.baselines import with_baselines
 from tokenred.config import to_dict, to_yaml
+from tokenred.distributed import World
 from tokenred.protocol import SampleProtocol
 from tokenred.results import RunStore
-from tokenred.reuse import KVReuse, manifest_entry
 from tokenred.runfiles import (
     collect_manifest,
     loaded_device,
@@ -106,7 +106,8 @@ def run_study(
     outcomes = [
         run_experiment(cfg, registries, pm, progress=progress) for cfg in experiments
     ]
-    write_study_results([o.store for o in outcomes])  # <root>/<name>/results.json
+    if World.current().is_main:  # <root>/<name>/results.json, written once
+        write_study_results([o.store for o in outcomes])
     return outcomes
 
 
@@ -138,51 +139,79 @@ def run_experiment(
     # same path must not resume (or be reported as) the old weights' answers.
     keyed = {**to_dict(cfg), "model_weights": adapter.weights_identity()}
     store = RunStore.for_config(Path(cfg.output.root) / cfg.name, keyed)
-    if cfg.output.overwrite and store.path.exists():
-        with store:
-            store.reset()
+    # Under torchrun/accelerate every rank runs this; alone, `world` does nothing.
+    world = World.current()
     # Threads and deterministic algorithms for this run only (restored after it).
-    with store, protocol.compute_settings() as settings:
-        store.write_config(to_yaml(cfg))
+    with (
+        world.open_store(store, reset=cfg.output.overwrite) as store,
+        protocol.compute_settings() as settings,
+    ):
+        if world.is_main:
+            store.write_config(to_yaml(cfg))
         done = store.completed_ids(include_errors=False)
         samples = dataset.samples()
-        todo = [s for s in samples if s.id not in done]
-        outcome = RunOutcome(store=store, config=cfg, reused=len(samples) - len(todo))
-        if not todo:
+        pending = [s for s in samples if s.id not in done]
+        reused = len(samples) - len(pending)
+        outcome = RunOutcome(store=store, config=cfg, reused=reused)
+        if not pending:
             log.info("run %s: all %d records present", store.path, len(samples))
-            outcome.metrics = write_metrics(store, dataset)
+            outcome.metrics = world.from_main(lambda: write_metrics(store, dataset))
             return outcome
-        adapter.load()
-        manifest = collect_manifest(
-            keyed,
-            cfg,
-            adapter,
-            pm,
-            compute=settings.to_dict(),
-            kv_reuse=manifest_entry(protocol),
-            controls=protocol.controls(),
-        )
-        store.write_manifest(manifest)
-        if pm is not None:
-            pm.hook.before_run(config=cfg, manifest=manifest)
-        protocol.device = loaded_device(adapter, cfg)
-        source = VideoSource.for_run(
-            cfg, adapter, dataset, device=protocol.device, timed=cfg.measure.latency
-        )
-        reuse = KVReuse.for_run(protocol)
-        label = f"{cfg.reducer.name}@{cfg.budget.describe()}"
-        for group in _progress(by_video(todo), label, progress):
-            if reuse is None:  # each record is durable as soon as it exists
-                for sample in group:
-                    _append(store, protocol.measure(sample, source)[0], outcome, pm)
-                continue
-            # One video's questions answered from shared prefixes (reused answers).
-            for record in reuse.records(group, source):
-                _append(store, record, outcome, pm)
-        outcome.metrics = write_metrics(store, dataset)
-        if pm is not None:
+        groups = world.share(by_video(pending))  # whole videos, this rank's share
+        if groups or world.is_main:
+            world.place(adapter)
+            adapter.load()
+        parallel = world.describe(loaded_device(adapter, cfg) if groups else None)
+        if world.is_main:
+            manifest = collect_manifest(
+                keyed,
+                cfg,
+                adapter,
+                pm,
+                compute=settings.to_dict(),
+                kv_reuse=protocol.kv_reuse_entry(),
+                controls=protocol.controls(),
+                parallel=parallel,
+            )
+            store.write_manifest(manifest)
+            if pm is not None:
+                pm.hook.before_run(config=cfg, manifest=manifest)
+        if groups:  # a rank can get no video (fewer videos than ranks)
+            _measure(protocol, groups, store, outcome, pm, progress)
+        # Every rank reports the whole run's counts, as one process would.
+        counts = world.gather((outcome.new_records, outcome.errors))
+        outcome.new_records, outcome.errors = (sum(c) for c in zip(*counts))
+        outcome.metrics = world.from_main(lambda: write_metrics(store, dataset))
+        if pm is not None and world.is_main:
             pm.hook.after_run(store=store)
     return outcome
+
+
+def _measure(
+    protocol: SampleProtocol,
+    groups: list[list[Any]],
+    store: RunStore,
+    outcome: RunOutcome,
+    pm: TokenredPluginManager | None,
+    progress: ProgressFactory | None,
+) -> None:
+    """Answer this process's video groups and append each record."""
+    cfg, adapter = protocol.cfg, protocol.adapter
+    protocol.device = loaded_device(adapter, cfg)
+    timed = cfg.measure.latency
+    source = VideoSource.for_run(
+        cfg, adapter, protocol.dataset, device=protocol.device, timed=timed
+    )
+    reuse = protocol.kv_reuse()
+    label = f"{cfg.reducer.name}@{cfg.budget.describe()}"
+    for group in _progress(groups, label, progress):
+        if reuse is None:  # each record is durable as soon as it exists
+            for sample in group:
+                _append(store, protocol.measure(sample, source)[0], outcome, pm)
+            continue
+        # One video's questions answered from shared prefixes (reused answers).
+        for record in reuse.records(group, source):
+            _append(store, record, outcome, pm)
 
 
 def _progress(

@@ -153,8 +153,25 @@ class HFVideoAdapter(ModelAdapter):
             attn=self._attn,
             seed=self.config.seed,
             label=self.name,
+            device_map=self.config.device_map if torch.cuda.is_available() else None,
         )
-        self._model = model.to(self._device).eval()
+        from tokenred.measure.latency import time_across
+
+        time_across([])
+        if self.config.device_map:
+            # Accelerate's hooks move activations between devices; inputs, positions
+            # and the KV cache start where the embeddings live.
+            from tokenred.adapters._sharding import shard
+
+            self._model, self._device = shard(
+                model, self.config.device_map, self.name, str(self._device)
+            )
+            self._model.eval()
+            from tokenred.adapters._sharding import model_devices
+
+            time_across(model_devices(self._model))
+        else:
+            self._model = model.to(self._device).eval()
         self._path = path
         self._eos = stop_ids(self._tokenizer, self._model)
 
@@ -302,6 +319,11 @@ class HFVideoAdapter(ModelAdapter):
             attn_implementation=self._attn,
             random_weights=self._random_weights,
         )
+        if self._model is not None and self.config.device_map:
+            from tokenred.adapters._sharding import model_devices
+
+            info["device_map"] = self.config.device_map
+            info["devices"] = model_devices(self._model)
         if self._model is not None:
             info["parameters"] = int(sum(p.numel() for p in self._model.parameters()))
         return info

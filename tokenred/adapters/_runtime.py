@@ -93,6 +93,7 @@ def load_checkpoint(
     attn: str,
     seed: int,
     label: str,
+    device_map: str | None = None,
 ) -> tuple[Any, Any, bool]:
     """Load ``(model, tokenizer, random_weights)`` from a checkpoint directory.
 
@@ -109,6 +110,13 @@ def load_checkpoint(
     has_weights = any(path.glob("*.safetensors")) or any(path.glob("*.bin"))
     try:
         if has_weights:
+            if device_map in ("auto", "balanced", "balanced_low_0", "sequential"):
+                # Big-model loading: each shard goes straight to its GPU, so a
+                # checkpoint larger than host memory still loads.
+                from tokenred.adapters._sharding import max_memory, replica_gpus
+
+                kwargs["device_map"] = device_map
+                kwargs["max_memory"] = max_memory(replica_gpus())
             model = cls.from_pretrained(str(path), **kwargs)
         else:
             config = transformers.AutoConfig.from_pretrained(str(path))

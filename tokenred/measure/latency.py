@@ -39,6 +39,22 @@ def _is_cuda(device: str | torch.device | None) -> bool:
     return torch.device(device if device is not None else "cpu").type == "cuda"
 
 
+_SPANNED: list[torch.device] = []
+"""CUDA devices a sharded model runs on, besides the timer's own (see below)."""
+
+
+def time_across(devices: Sequence[str]) -> None:
+    """Make CUDA timers record on every device of a sharded model.
+
+    With ``model.device_map`` a phase's work runs on several GPUs (a reducer at
+    layer K runs on layer K's GPU); each phase then records its events on the
+    current stream of every such device and reports the longest interval. The
+    adapter calls this when it loads (an unsharded model passes no devices).
+    """
+    # Other placements (cpu, disk offload) are timed by the host clock anyway.
+    _SPANNED[:] = [torch.device(d) for d in devices if str(d).startswith("cuda")]
+
+
 class Timer:
     """Time named phases on one device; ``timer("prefill")`` is a context manager.
 
@@ -53,7 +69,9 @@ class Timer:
         self.device = torch.device(device if device is not None else "cpu")
         self.cuda = _is_cuda(self.device)
         self._cpu: dict[str, list[float]] = {}
-        self._events: dict[str, list[tuple[Any, Any]]] = {}
+        self._events: dict[str, list[list[tuple[Any, Any]]]] = {}
+        self.devices = [self.device] + [d for d in _SPANNED if d != self.device]
+        """Devices whose streams the CUDA events are recorded on."""
 
     @property
     def kind(self) -> str:
@@ -64,15 +82,21 @@ class Timer:
     def __call__(self, phase: str) -> Iterator[None]:
         """Time the body of the ``with`` block as one interval of ``phase``."""
         if self.cuda:
-            stream = torch.cuda.current_stream(self.device)
-            start = torch.cuda.Event(enable_timing=True)
-            end = torch.cuda.Event(enable_timing=True)
-            start.record(stream)
+            pairs = [
+                (
+                    torch.cuda.Event(enable_timing=True),
+                    torch.cuda.Event(enable_timing=True),
+                )
+                for _ in self.devices
+            ]
+            for device, (start, _) in zip(self.devices, pairs):
+                start.record(torch.cuda.current_stream(device))
             try:
                 yield
             finally:
-                end.record(stream)
-            self._events.setdefault(phase, []).append((start, end))
+                for device, (_, end) in zip(self.devices, pairs):
+                    end.record(torch.cuda.current_stream(device))
+            self._events.setdefault(phase, []).append(pairs)
             return
         t0 = time.perf_counter_ns()
         try:
@@ -84,10 +108,15 @@ class Timer:
     def results(self) -> dict[str, list[float]]:
         """Return every interval in milliseconds, per phase (synchronises on CUDA)."""
         out = {phase: list(values) for phase, values in self._cpu.items()}
-        for phase, pairs in self._events.items():
-            for _, end in pairs:
-                end.synchronize()
-            out[phase] = [float(start.elapsed_time(end)) for start, end in pairs]
+        for phase, intervals in self._events.items():
+            for pairs in intervals:
+                for _, end in pairs:
+                    end.synchronize()
+            # One interval per entry: the longest over the devices it spans.
+            out[phase] = [
+                max(float(start.elapsed_time(end)) for start, end in pairs)
+                for pairs in intervals
+            ]
         return out
 
     def totals(self) -> dict[str, float]:
