@@ -30,7 +30,7 @@ def _run(root: Path, *extra: str) -> dict[str, list[dict]]:
     args = ["run", "--reducer", "sttm", "data.limit=4", "measure.latency=false"]
     assert main([*args, f"output.root={root}", *extra]) == 0
     out = {}
-    for run in sorted((root / "default").iterdir()):
+    for run in sorted(p for p in (root / "default").iterdir() if p.is_dir()):
         lines = (run / "samples.jsonl").read_text().splitlines()
         records = [json.loads(x) for x in lines]
         manifest = json.loads((run / "manifest.json").read_text())
