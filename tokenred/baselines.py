@@ -9,7 +9,6 @@ of a study shares one baseline run (one run id).
 from __future__ import annotations
 
 import dataclasses
-import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -20,8 +19,6 @@ from tokenred.schema import BudgetConfig, InsertionConfig, to_dict
 if TYPE_CHECKING:
     from tokenred.registry import Registries
     from tokenred.schema import ExperimentConfig
-
-log = logging.getLogger(__name__)
 
 
 def baseline_config(cfg: ExperimentConfig, registries: Registries) -> ExperimentConfig:
@@ -63,28 +60,40 @@ def with_baselines(
 def _as_baseline(cfg: ExperimentConfig, registries: Registries) -> ExperimentConfig:
     """Normalise a run of the baseline reducer itself to the one unreduced run.
 
-    ``--reducer none --budget 0.3`` would otherwise be a second unreduced run under
+    ``--reducer none --budget 0.5`` would otherwise be a second unreduced run under
     another run id (the budget and insertion point change nothing without a
     reducer), answering every question twice.
     """
     if cfg.reducer.name != BASELINE_REDUCER:
         return cfg
-    base = baseline_config(cfg, registries)
-    # Only a budget or insertion point the user set is worth a warning; the
-    # schema's defaults (ratio 0.3, the family's insertion) are not.
-    if (cfg.budget, cfg.insertion) != (BudgetConfig(), InsertionConfig()):
+    return baseline_config(cfg, registries)
+
+
+def ignored_settings(cfg: ExperimentConfig) -> str | None:
+    """Say which settings of a baseline-reducer run are ignored, or None.
+
+    Only what the user changed from the schema's defaults (a budget, an insertion
+    point) is named; the runner logs it once per study.
+    """
+    if cfg.reducer.name != BASELINE_REDUCER:
+        return None
+    parts = []
+    if cfg.budget != BudgetConfig():
+        parts.append(f"budget {cfg.budget.describe()}")
+    if cfg.insertion != InsertionConfig():
         ins = cfg.insertion
-        log.warning(
-            "reducer '%s' keeps every token: budget %s and insertion "
-            "(stage %s, layer %s, positions %s) are ignored; the unreduced run is "
-            "run once",
-            BASELINE_REDUCER,
-            cfg.budget.describe(),
-            getattr(ins.stage, "value", ins.stage),
-            ins.layer,
-            getattr(ins.positions, "value", ins.positions),
-        )
-    return base
+        fields = {"stage": ins.stage, "layer": ins.layer, "positions": ins.positions}
+        parts += [
+            f"insertion.{k}={getattr(v, 'value', v)}"
+            for k, v in fields.items()
+            if v is not None
+        ]
+    if not parts:
+        return None
+    return (
+        f"reducer '{BASELINE_REDUCER}' keeps every token: {', '.join(parts)} "
+        "ignored; the unreduced run is run once"
+    )
 
 
-__all__ = ["baseline_config", "with_baselines"]
+__all__ = ["baseline_config", "ignored_settings", "with_baselines"]

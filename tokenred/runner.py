@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tokenred.baselines import with_baselines
+from tokenred.baselines import ignored_settings, with_baselines
 from tokenred.config import to_dict, to_yaml
 from tokenred.distributed import World
 from tokenred.protocol import SampleProtocol
@@ -100,6 +100,9 @@ def run_study(
     Every run is preflighted before the first one starts, so an impossible point
     fails the study before hours of other points have run.
     """
+    for note in dict.fromkeys(map(ignored_settings, study.experiments)):
+        if note is not None:
+            log.warning("%s", note)
     experiments = with_baselines(study.experiments, registries)
     for cfg in experiments:
         preflight(cfg, registries)
