@@ -235,7 +235,7 @@ def _embedded_videos(n: int) -> list[torch.Tensor]:
     adapter.load()
     out = []
     for sample in dataset.samples()[:n]:
-        decoded = dataset.decode(sample)
+        decoded = dataset.decode_frames(sample)
         feats = adapter.encode_video(
             decoded.frames, [float(s) for s in decoded.timestamps]
         )
