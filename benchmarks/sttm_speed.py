@@ -14,9 +14,11 @@ level before the timed calls, sampled every millisecond):
   tau 0.80/0.60, root level 1; its output is checked to equal tokenred's;
 * ``fixed thresholds``: ``sttm`` in reference mode, ``budget_mode=threshold``,
   tau 0.80/0.60 (one evaluation);
-* ``search @ same count``: ``budget_mode=search`` with the budget set to the count
-  of the fixed-threshold call, starting from the same ``tau_s`` (0.80) or from the
-  config default (0.85), and ``search @ 30%`` (from 0.80).
+* ``search @ same count``: ``budget_mode=search`` (default config) with the budget
+  set to the count of the fixed-threshold call;
+* ``search @ 30%``: the same at 30 % of the tokens, and ``fixed @ 30% lam``: one
+  fixed-threshold call at the schedule point that search found (``tau_s = lam``,
+  ``tau_t = lam - 0.25``), the cost of the cut that search lands near.
 
 **Landing** (``--landing``). ``budget_mode=search`` at budgets 5 %, 10 %, ... 95 % of
 the tokens on: the embedded benchmark's test videos (the ``tiny`` model's visual
@@ -57,8 +59,8 @@ CASES = [
     "authors walk",
     "fixed thresholds",
     "search @ same count",
-    "search @ same count, start 0.85",
     "search @ 30%",
+    "fixed @ 30% lam",
 ]
 BUDGETS = [k / 100 for k in range(5, 100, 5)]
 
@@ -118,11 +120,12 @@ def _speed_child(args: dict[str, Any], queue: Any) -> None:
         if case == "fixed thresholds":
             cfg = STTMConfig(budget_mode="threshold", tau_s=TAU_S, tau_t=TAU_T)  # type: ignore[arg-type]
             budget = tokens.n
+        elif case == "fixed @ 30% lam":
+            lam = args["lam"]
+            cfg = STTMConfig(budget_mode="threshold", tau_s=lam, tau_t=lam - 0.25)  # type: ignore[arg-type]
+            budget = tokens.n
         else:
-            # The search starts from the configured tau_s: the fixed call's 0.80,
-            # or the config default 0.85.
-            start = 0.85 if "start 0.85" in case else TAU_S
-            cfg = STTMConfig(tau_s=start)
+            cfg = STTMConfig()  # the search derives its first probe from the budget
             budget = args["budget"] if "same" in case else int(0.3 * tokens.n)
         ctx = ReduceContext(budget=budget, generator=torch.Generator())
         red = STTMReducer(cfg).reduce(tokens, ctx)
@@ -154,6 +157,7 @@ def _speed_child(args: dict[str, Any], queue: Any) -> None:
             "n_in": tokens.n,
             "n_out": n_out,
             "evals": info.get("search_evals", 1.0),
+            "lam": info.get("lambda", 0.0),
             "peak_mb": (sampler.peak - base) / 2**20,
         }
     )
@@ -196,6 +200,7 @@ def speed(args: argparse.Namespace) -> None:
                 "threads": args.threads,
                 "repeats": args.repeats,
                 "budget": rows.get("fixed thresholds", {}).get("n_out", 1),
+                "lam": rows.get("search @ 30%", {}).get("lam", 0.0),
             }
             queue = ctx.Queue()
             proc = ctx.Process(target=_speed_child, args=(job, queue))
@@ -230,7 +235,7 @@ def _embedded_videos(n: int) -> list[torch.Tensor]:
     adapter.load()
     out = []
     for sample in dataset.samples()[:n]:
-        decoded = dataset.decode(sample)
+        decoded = dataset.decode_frames(sample)
         feats = adapter.encode_video(
             decoded.frames, [float(s) for s in decoded.timestamps]
         )

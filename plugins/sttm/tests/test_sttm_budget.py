@@ -257,7 +257,7 @@ def test_search_lands_on_the_embedded_benchmark() -> None:
     adapter.load()
     reducer = STTMReducer(STTMConfig())
     for sample in dataset.samples():
-        decoded = dataset.decode(sample)
+        decoded = dataset.decode_frames(sample)
         stamps = [float(s) for s in decoded.timestamps]
         feats = adapter.encode_video(decoded.frames, stamps)
         tokens = VisualTokens.from_grid(feats.features.float(), feats.grid)

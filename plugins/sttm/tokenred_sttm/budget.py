@@ -128,7 +128,7 @@ def search(
     *,
     gap: float,
     iters: int,
-    start: float = 0.85,
+    start: float | None = None,
 ) -> SearchOutcome:
     """Find the groups of exactly ``budget`` tokens (or as close below as possible).
 
@@ -150,7 +150,8 @@ def search(
         budget: Maximum output tokens.
         gap: Schedule gap ``tau_s - tau_t``.
         iters: Most bisection steps after the bracket is found.
-        start: Schedule parameter tried first (the configured ``tau_s``).
+        start: Schedule parameter tried first; None derives it from the budget
+            (:func:`first_guess`).
     """
     top = lambda_high(gap)
     if prep.n_tokens <= budget:
@@ -175,6 +176,8 @@ def search(
         evals += 1
         return evaluate(prep, tau_s, tau_t)
 
+    if start is None:
+        start = first_guess(prep, budget)
     lam = min(max(start, LAMBDA_LOW), top)
     first = run(lam)
     step = 0.02
@@ -212,6 +215,28 @@ def search(
     prep = extend(prep, hi)  # the fill reads node counts up to ``hi``
     ev, detached, split = fill(prep, best, hi, budget)
     return SearchOutcome(ev, lo, evals, detached, split)
+
+
+def first_guess(prep: Prepared, budget: int) -> float:
+    """Guess the schedule parameter that lands near ``budget``, for free.
+
+    A probe above the answer cuts a finer tree than the answer needs (more parents
+    scored, more pair cosines), which is what a search pays for; a probe below it
+    is cheap. The root level's stop scores are computed by every preparation, so
+    their quantile at ``0.5 + 0.7 * kept`` (``kept = budget / N``) is a free guess:
+    about half the area stays in whole roots for a small budget, more for a large
+    one. Falls back to the paper's 0.85 when no root score exists.
+    """
+    roots = prep.pscores[0].reshape(-1) if prep.pscores.shape[0] else None
+    if roots is None:
+        return 0.85
+    roots = roots[torch.isfinite(roots)]
+    if roots.numel() == 0:
+        return 0.85
+    kept = budget / prep.n_tokens
+    q = min(0.5 + 0.7 * kept, 1.0)
+    k = min(max(math.ceil(q * roots.numel()), 1), roots.numel())
+    return float(torch.kthvalue(roots, k).values)
 
 
 def fill(

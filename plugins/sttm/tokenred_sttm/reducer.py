@@ -84,7 +84,7 @@ class STTMConfig(ReducerConfig):
         metadata={
             "help": "spatial threshold: a quadtree node is kept whole when its cosine "
             "to each child reaches it (paper: 0.75-0.95; >1 disables spatial merges; "
-            "budget_mode=search starts its schedule search there)"
+            "the budget search picks its own first probe)"
         },
     )
     tau_t: float = field(
@@ -297,9 +297,7 @@ def _cut_for_budget(
         info["budget_capped"] = 1.0
     else:
         prep = prepare(grid, options, reach=LAMBDA_LOW)
-    found = search(
-        prep, budget, gap=cfg.search_gap, iters=cfg.search_iters, start=cfg.tau_s
-    )
+    found = search(prep, budget, gap=cfg.search_gap, iters=cfg.search_iters)
     info["lambda"] = found.lam
     info["search_evals"] += found.evals
     info["fill_detached"] = float(found.detached)
