@@ -16,6 +16,7 @@ import torch
 
 from tokenred import hookimpl
 from tokenred.adapter import AdapterConfig
+from tokenred.arch import ArchSpec
 from tokenred.builtin.reducers import NoneReducer
 from tokenred.plugins import TokenredPluginManager, get_plugin_manager
 from tokenred.registry import Registries
@@ -111,3 +112,18 @@ def run_dir(tmp_path: Any) -> Any:
 def device() -> str:
     """Device under test: ``TOKENRED_TEST_DEVICE`` (default cpu)."""
     return os.environ.get("TOKENRED_TEST_DEVICE", "cpu")
+
+
+@pytest.fixture(scope="session")
+def toy_arch() -> ArchSpec:
+    """A 4-layer toy LLM shape (d=64, GQA 4/2) for analytic-cost tests."""
+    return ArchSpec(
+        "toy",
+        layers=4,
+        hidden_size=64,
+        heads=4,
+        kv_heads=2,
+        head_dim=16,
+        intermediate_size=128,
+        vocab_size=256,
+    )

@@ -30,17 +30,6 @@ from tokenred.results import RunStore
 from tokenred.schema import InsertionConfig, parse_budget
 from tokenred.tokens import PositionPolicy, Stage
 
-ARCH = ArchSpec(
-    "toy",
-    layers=4,
-    hidden_size=64,
-    heads=4,
-    kv_heads=2,
-    head_dim=16,
-    intermediate_size=128,
-    vocab_size=256,
-)
-
 
 # ------------------------------------------------------------------ budget unit
 def test_flops_budget_is_one_of_three_alternatives() -> None:
@@ -63,11 +52,13 @@ def test_flops_override_clears_the_default_ratio() -> None:
     assert parse_budget("64")["flops"] is None, "--budget keeps ratio/tokens"
 
 
-def test_flops_budget_resolves_to_the_largest_count_that_fits() -> None:
-    cost = BudgetCost(ARCH, length=1100, layer=2)
+def test_flops_budget_resolves_to_the_largest_count_that_fits(
+    toy_arch: ArchSpec,
+) -> None:
+    cost = BudgetCost(toy_arch, length=1100, layer=2)
     kept = BudgetSpec(flops=0.7).resolve(1024, cost)
-    assert kept == tokens_for_flops(ARCH, 0.7, length=1100, n_visual=1024, layer=2)
-    frac = flops_fraction(ARCH, length=1100, n_visual=1024, layer=2, kept=kept)
+    assert kept == tokens_for_flops(toy_arch, 0.7, length=1100, n_visual=1024, layer=2)
+    frac = flops_fraction(toy_arch, length=1100, n_visual=1024, layer=2, kept=kept)
     assert 0.67 <= frac <= 0.7
     with pytest.raises(ContractError, match="without the sample's cost"):
         BudgetSpec(flops=0.7).resolve(1024)

@@ -8,17 +8,6 @@ from tokenred.arch import ArchSpec
 from tokenred.measure import prefill_flops, prefix_flops, reuse_flops, suffix_flops
 from tokenred.measure.flops import MeasurementError
 
-ARCH = ArchSpec(
-    family="test",
-    layers=4,
-    hidden_size=64,
-    heads=4,
-    kv_heads=2,
-    head_dim=16,
-    intermediate_size=128,
-    vocab_size=256,
-)
-
 
 @pytest.mark.parametrize(
     "prefix",
@@ -31,45 +20,45 @@ ARCH = ArchSpec(
 )
 @pytest.mark.parametrize("question", [1, 37])
 def test_prefix_plus_suffix_is_the_full_prefill_exactly(
-    prefix: list[int], question: int
+    toy_arch: ArchSpec, prefix: list[int], question: int
 ) -> None:
-    full = prefill_flops(ARCH, [p + question for p in prefix])
-    head = prefix_flops(ARCH, prefix)
-    tail = suffix_flops(ARCH, prefix, question)
+    full = prefill_flops(toy_arch, [p + question for p in prefix])
+    head = prefix_flops(toy_arch, prefix)
+    tail = suffix_flops(toy_arch, prefix, question)
     assert head.total + tail.total == full.total
     for a, b, c in zip(head.per_layer, tail.per_layer, full.per_layer, strict=True):
         assert a + b == c
     assert head.lm_head == 0 and tail.lm_head == full.lm_head
 
 
-def test_the_full_convention_overcounts_a_split_prefill() -> None:
+def test_the_full_convention_overcounts_a_split_prefill(toy_arch: ArchSpec) -> None:
     """Why reuse is charged causally: the square double-counts the prefix rows."""
-    full = prefill_flops(ARCH, [100] * 4, attention="full").total
+    full = prefill_flops(toy_arch, [100] * 4, attention="full").total
     split = (
-        prefix_flops(ARCH, [90] * 4, attention="full").total
-        + suffix_flops(ARCH, [90] * 4, 10, attention="full").total
+        prefix_flops(toy_arch, [90] * 4, attention="full").total
+        + suffix_flops(toy_arch, [90] * 4, 10, attention="full").total
     )
     assert split < full
 
 
-def test_reuse_flops_charge_the_prefix_to_its_owner_only() -> None:
-    owner = reuse_flops(ARCH, [200] * 4, 30, owns_prefix=True)
-    later = reuse_flops(ARCH, [200] * 4, 30, owns_prefix=False)
-    assert owner["prefix"] == later["prefix"] == prefix_flops(ARCH, [200] * 4).total
+def test_reuse_flops_charge_the_prefix_to_its_owner_only(toy_arch: ArchSpec) -> None:
+    owner = reuse_flops(toy_arch, [200] * 4, 30, owns_prefix=True)
+    later = reuse_flops(toy_arch, [200] * 4, 30, owns_prefix=False)
+    assert owner["prefix"] == later["prefix"] == prefix_flops(toy_arch, [200] * 4).total
     assert owner["question"] == later["question"]
     assert owner["prefill"] == owner["prefix"] + owner["question"]
     assert later["prefill"] == later["question"]
     # Five answers from one prefix cost one prefix and five suffixes.
     five = owner["prefill"] + 4 * later["prefill"]
-    single = prefill_flops(ARCH, [230] * 4).total
+    single = prefill_flops(toy_arch, [230] * 4).total
     assert five == single + 4 * owner["question"] < 5 * single
 
 
-def test_suffix_flops_reject_a_negative_question() -> None:
+def test_suffix_flops_reject_a_negative_question(toy_arch: ArchSpec) -> None:
     with pytest.raises(MeasurementError, match="question_tokens"):
-        suffix_flops(ARCH, [10] * 4, -1)
+        suffix_flops(toy_arch, [10] * 4, -1)
     with pytest.raises(MeasurementError, match="one non-negative count"):
-        suffix_flops(ARCH, [10] * 3, 5)
+        suffix_flops(toy_arch, [10] * 3, 5)
 
 
 def test_five_answers_from_a_reduced_7b_prefix_cost_under_1_3_answers() -> None:
