@@ -133,10 +133,6 @@ def test_run_hands_the_study_to_the_runner(capsys, fake_plugin, monkeypatch):
 
     seen: dict[str, Any] = {}
 
-    def run_study(study, registries, pm, progress=None):
-        seen.update(study=study, registries=registries, pm=pm)
-        return []
-
     class Preflown:
         def __init__(self, cfg):
             self.cfg = cfg
@@ -145,8 +141,13 @@ def test_run_hands_the_study_to_the_runner(capsys, fake_plugin, monkeypatch):
             return {"stage": "-", "dtype": "float32", "attention": "sdpa",
                     "frames": "16", "threads": 1}  # fmt: skip
 
+    def run_study(study, registries, pm, progress=None, announce=None):
+        seen.update(study=study, registries=registries, pm=pm)
+        for cfg in study.experiments:  # the runner announces each preflighted run
+            announce(Preflown(cfg))
+        return []
+
     monkeypatch.setattr(tokenred.runner, "run_study", run_study)
-    monkeypatch.setattr(tokenred.runner, "preflight", lambda c, r: Preflown(c))
     code, _, err = run_cli(
         capsys, "run", "--model", "fake_model", plugins=[fake_plugin]
     )

@@ -25,8 +25,8 @@ from tokenred.plugins import TokenredPluginManager, get_plugin_manager
 from tokenred.registry import Entry, Registries
 
 if TYPE_CHECKING:
+    from tokenred.protocol import SampleProtocol
     from tokenred.runner import RunOutcome
-    from tokenred.schema import Study
 
 log = logging.getLogger(__name__)
 
@@ -269,14 +269,14 @@ def _cmd_run(session: Session, args: argparse.Namespace) -> int:
     from tokenred.runner import run_study
 
     world = World.current()  # torchrun/accelerate ranks: only rank 0 reports
-    if world.is_main:
-        _print_headers(study, session)
-    else:
+    if not world.is_main:
         logging.getLogger("tokenred").setLevel(logging.WARNING)
     try:
-        bar = _bar if world.is_main else None
+        bar, announce = (_bar, _print_header) if world.is_main else (None, None)
         with quiet_model_loading(enabled=_isatty(sys.stderr)):
-            outcomes = run_study(study, session.registries, session.pm, progress=bar)
+            outcomes = run_study(
+                study, session.registries, session.pm, progress=bar, announce=announce
+            )
     finally:
         world.close()
     if not world.is_main:
@@ -284,21 +284,16 @@ def _cmd_run(session: Session, args: argparse.Namespace) -> int:
     return _print_outcomes(outcomes)
 
 
-def _print_headers(study: Study, session: Session) -> None:
-    """Print one line per run, before any starts: what will run, under which controls.
+def _print_header(protocol: SampleProtocol) -> None:
+    """Print one run's header line: what will run, under which controls.
 
-    The lines come from the same preflight as the runs (resolved insertion point,
-    position policy, budget unit), so they show what the manifests will store.
+    The runner calls it for every run of the study once all have passed preflight
+    (so an impossible point fails alone, before any header), with the same
+    resolved insertion point, policy and budget unit the manifests will store.
     """
-    from tokenred.baselines import with_baselines
     from tokenred.controls import header_line
-    from tokenred.runner import preflight
 
-    regs = session.registries
-    # Every point first, so an impossible one fails alone, before any header.
-    protocols = [preflight(c, regs) for c in with_baselines(study.experiments, regs)]
-    for protocol in protocols:
-        print(header_line(protocol.cfg, protocol.controls()), file=sys.stderr)
+    print(header_line(protocol.cfg, protocol.controls()), file=sys.stderr)
 
 
 def _bar(label: str, total: int) -> Any:

@@ -94,21 +94,24 @@ def run_study(
     pm: TokenredPluginManager | None = None,
     *,
     progress: ProgressFactory | None = None,
+    announce: Callable[[SampleProtocol], None] | None = None,
 ) -> list[RunOutcome]:
     """Run every experiment of a study (unreduced baselines first).
 
     Every run is preflighted before the first one starts, so an impossible point
-    fails the study before hours of other points have run.
+    fails the study before hours of other points have run. ``announce`` then sees
+    each preflighted run (its resolved controls) before any starts: the CLI prints
+    its header lines from it.
     """
     for note in dict.fromkeys(map(ignored_settings, study.experiments)):
         if note is not None:
             log.warning("%s", note)
     experiments = with_baselines(study.experiments, registries)
-    for cfg in experiments:
-        preflight(cfg, registries)
-    outcomes = [
-        run_experiment(cfg, registries, pm, progress=progress) for cfg in experiments
-    ]
+    protocols = [preflight(cfg, registries) for cfg in experiments]
+    if announce is not None:
+        for protocol in protocols:
+            announce(protocol)
+    outcomes = [_run(protocol, pm, progress) for protocol in protocols]
     if World.current().is_main:  # <root>/<name>/results.json, written once
         write_study_results([o.store for o in outcomes])
     return outcomes
@@ -135,7 +138,15 @@ def run_experiment(
         TokenredError: For configuration, compatibility or model-loading problems;
             per-sample data errors become error records instead.
     """
-    protocol = preflight(cfg, registries)
+    return _run(preflight(cfg, registries), pm, progress)
+
+
+def _run(
+    protocol: SampleProtocol,
+    pm: TokenredPluginManager | None,
+    progress: ProgressFactory | None,
+) -> RunOutcome:
+    """Run (or resume) one preflighted experiment; see :func:`run_experiment`."""
     cfg = protocol.cfg  # controls resolved (tokenred.controls): they key the run
     adapter, dataset = protocol.adapter, protocol.dataset
     # The weights are part of a run's identity: retrained or swapped weights at the
