@@ -11,9 +11,7 @@ import tokenred
 from tokenred.errors import TokenredError
 
 
-def test_run_returns_rows_for_the_reducer_and_the_unreduced_run(
-    tmp_path: Path, capfd
-):
+def test_run_returns_rows_for_the_reducer_and_the_unreduced_run(tmp_path: Path, capfd):
     rows = tokenred.run(
         reducer="random",
         budget=0.5,

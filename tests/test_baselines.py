@@ -18,9 +18,7 @@ def test_reducer_none_with_a_budget_is_the_one_unreduced_run(
     cfg = load_config(reducer="none", budget="0.5", registries=registries)
     runs = with_baselines([cfg], registries)
     assert len(runs) == 1, "the unreduced model must not run twice"
-    assert run_id(to_dict(runs[0])) == run_id(
-        to_dict(baseline_config(cfg, registries))
-    )
+    assert run_id(to_dict(runs[0])) == run_id(to_dict(baseline_config(cfg, registries)))
     note = ignored_settings(cfg)
     assert note is not None and "budget ratio=0.5" in note, note
     assert "insertion" not in note, "only what the user changed is named"

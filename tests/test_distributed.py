@@ -73,10 +73,7 @@ def _answers(runs: dict[str, list[dict]]) -> dict[str, dict[str, tuple]]:
 
 
 def _metrics(root: Path) -> dict[str, str]:
-    return {
-        run.name: (run / RunStore.METRICS).read_text()
-        for run in _run_dirs(root)
-    }
+    return {run.name: (run / RunStore.METRICS).read_text() for run in _run_dirs(root)}
 
 
 def _cut(root: Path, keep: int) -> None:

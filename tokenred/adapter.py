@@ -279,9 +279,23 @@ class ModelAdapter(ABC):
 
     @abstractmethod
     def prefill_prefix(
-        self, video: VideoFeatures, plan: ReductionPlan | None = None
+        self,
+        video: VideoFeatures,
+        plan: ReductionPlan | None = None,
+        *,
+        prompts: Sequence[str] = (),
     ) -> PrefixCache:
         """Prefill the shared prefix (system prompt + video) once, reduced.
+
+        Args:
+            video: The video's features.
+            plan: The reduction, or None for none.
+            prompts: The questions the prefix will answer. With two or more, the
+                prefix also covers the prompt tokens they all begin with (the
+                benchmark's instruction, which comes before the question), as a
+                server with prefix caching shares the longest common prefix; each
+                answer then prefills only its own tokens. Every question keeps at
+                least one token of its own, so it has logits to decode from.
 
         Raises:
             CompatibilityError: If the reducer is query-dependent.

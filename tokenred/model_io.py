@@ -188,12 +188,21 @@ class Generation:
 
 @dataclass
 class PrefixCache:
-    """A reduced prefill of the shared prefix (system prompt + video).
+    """A reduced prefill of the shared prefix (system prompt + video + shared text).
 
     :meth:`ModelAdapter.answer` copies it for every question, so one reduction
     serves many questions about the same video.
+
+    Attributes:
+        prefill: The prefix's prefill (its decoding state holds the cache).
+        video_grid: ``(T, H, W)`` of the video in the prefix.
+        shared_ids: Prompt tokens after the video that every question of the
+            prefix begins with (empty: the prefix ends with the video); a
+            question's prompt must start with them.
+        answers: Questions answered from the prefix so far.
     """
 
     prefill: PrefillResult
     video_grid: tuple[int, int, int]
+    shared_ids: tuple[int, ...] = ()
     answers: int = 0

@@ -2,9 +2,11 @@
 
 Benchmarks such as Video-MME ask several questions about one video. For a
 query-agnostic reducer the reduced video does not depend on the question, so the
-prefix (system prompt + reduced video) is prefilled once and every question is
-prefilled after a copy of its KV cache (:meth:`ModelAdapter.prefill_prefix`,
-:meth:`ModelAdapter.prefill_question`). :class:`KVReuse` is the per-video step of a
+prefix (system prompt + reduced video + the prompt text all its questions begin
+with, e.g. the benchmark's instruction) is prefilled once and every question's own
+tokens are prefilled after a copy of its KV cache
+(:meth:`ModelAdapter.prefill_prefix`, :meth:`ModelAdapter.prefill_question`), as a
+server with prefix caching would share them. :class:`KVReuse` is the per-video step of a
 run with ``measure.kv_reuse = k``: the runner hands it one video's pending
 questions (:func:`tokenred.videos.by_video`); it answers them in runs of up to
 ``k`` from one prefix each (:func:`video_groups`) and turns each answer into a
@@ -60,7 +62,7 @@ if TYPE_CHECKING:
     from tokenred.arch import ArchSpec
     from tokenred.data import Sample
     from tokenred.featcache import CachedVideo
-    from tokenred.model_io import Generation, PrefillResult
+    from tokenred.model_io import Generation, PrefillResult, PrefixCache
     from tokenred.protocol import SampleProtocol
     from tokenred.videos import VideoSource
 
@@ -103,12 +105,15 @@ class VideoAnswers:
         answers: One entry per question, in dataset order.
         prefix_ms: Timed repeats of the prefix prefill (reducer included).
         reducer_ms: Timed repeats of the reducer inside the prefix prefill.
+        shared_tokens: Prompt tokens after the video that the prefix holds because
+            every question begins with them.
     """
 
     prefix: PrefillResult
     answers: list[ReusedAnswer]
     prefix_ms: list[float] = field(default_factory=list)
     reducer_ms: list[float] = field(default_factory=list)
+    shared_tokens: int = 0
 
 
 def video_groups(samples: Sequence[Sample], k: int) -> list[list[Sample]]:
@@ -245,18 +250,20 @@ class KVReuse:
         measure = protocol.cfg.measure
         max_new = protocol.cfg.model.max_new_tokens
 
-        def once(timer: Timer) -> tuple[PrefillResult, list[Generation]]:
+        def once(timer: Timer) -> tuple[PrefixCache, list[Generation]]:
             plan = protocol.plan(samples[0].id)
             with timing(timer):
                 with timer("prefix"):
-                    prefix = adapter.prefill_prefix(video.features, plan)
+                    prefix = adapter.prefill_prefix(
+                        video.features, plan, prompts=[s.prompt for s in samples]
+                    )
                 generations = []
                 for j, sample in enumerate(samples):
                     with timer(f"q{j}.prefill"):
                         state = adapter.prefill_question(prefix, sample.prompt)
                     with timer(f"q{j}.decode"):
                         generations.append(adapter.decode(state, max_new))
-            return prefix.prefill, generations
+            return prefix, generations
 
         phases: dict[str, list[float]] = {}
         if measure.latency:
@@ -280,10 +287,11 @@ class KVReuse:
             for j, (sample, gen) in enumerate(zip(samples, generations, strict=True))
         ]
         return VideoAnswers(
-            prefix=prefix,
+            prefix=prefix.prefill,
             answers=answers,
             prefix_ms=phases.get("prefix", []),
             reducer_ms=phases.get("reducer", []),
+            shared_tokens=len(prefix.shared_ids),
         )
 
 
@@ -318,6 +326,7 @@ def reused_record(
         "index": answer.index,
         "owns_prefix": owns,
         "prefix_tokens": prefix_schedule[0] if prefix_schedule else 0,
+        "shared_prompt_tokens": group.shared_tokens,
         "question_tokens": q_tokens,
     }
     flops = record.flops

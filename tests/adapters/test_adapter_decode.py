@@ -11,6 +11,7 @@ from _adapter_helpers import FAMILIES, PROMPT, EveryThird, PairMerge, QueryTopK
 
 from tokenred.adapters._runtime import cache_lengths
 from tokenred.builtin.reducers import RandomReducer
+from tokenred.datasets._common import build_prompt
 from tokenred.errors import CompatibilityError
 from tokenred.plan import BudgetSpec, ReductionPlan
 from tokenred.tokens import PositionPolicy, Stage
@@ -99,6 +100,50 @@ def test_prefix_cache_answers_equal_full_prefill(
             assert reused.prefill.stats.n_visual_out == full.prefill.stats.n_visual_out
         assert cache_lengths(prefix.prefill.decoding.cache) == lengths, "prefix mutated"
         assert prefix.answers == 3
+
+
+SHARED_PROMPTS = (
+    build_prompt("Which color is the ball that moves left?", ["red", "blue", "green"]),
+    build_prompt("How many times does the red circle appear?", ["one", "two", "six"]),
+)
+"""Two benchmark prompts: the same instruction first, then their own questions."""
+
+
+@pytest.mark.parametrize("stage", STAGES, ids=STAGE_IDS)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_prefix_holds_the_prompt_text_its_questions_share(
+    family: str, stage: tuple[Stage, int], load_adapter: Any, frames: Any
+) -> None:
+    """A prefix built for several questions also holds the instruction they all
+    begin with; each answer prefills only its own tokens and still equals the full
+    prefill (positions, reductions and per-layer cache lengths included)."""
+    adapter = load_adapter(family)
+    video = adapter.encode_video(frames)
+    afters = [adapter.prompt_ids(p)[1] for p in SHARED_PROMPTS]
+    shared = adapter.shared_prompt_ids(SHARED_PROMPTS)
+    n = len(shared)
+    assert n >= 10, f"{family}: the instruction was not shared ({n} tokens)"
+    assert all(a[:n] == shared for a in afters) and afters[0][n] != afters[1][n]
+    assert adapter.shared_prompt_ids(SHARED_PROMPTS[:1]) == []
+    for reducer, policy in _cases(family):
+        plan = _plan(reducer, stage, policy)
+        bare = adapter.prefill_prefix(video, plan)
+        prefix = adapter.prefill_prefix(video, plan, prompts=SHARED_PROMPTS)
+        assert prefix.shared_ids == tuple(shared)
+        grown = [b + n for b in bare.prefill.stats.schedule]
+        assert prefix.prefill.stats.schedule == grown
+        for prompt, after in zip(SHARED_PROMPTS, afters, strict=True):
+            reused = adapter.answer(prefix, prompt, max_new_tokens=4)
+            full = adapter.generate(video, prompt, plan, max_new_tokens=4)
+            name = f"{family}/{reducer.name}/{full.prefill.stats.policy}"
+            diff = (reused.prefill.logits - full.prefill.logits).abs().max().item()
+            assert diff < 2e-5, f"{name}: shared-prefix logits differ by {diff}"
+            assert reused.token_ids == full.token_ids, f"{name}: answers differ"
+            assert reused.prefill.stats.schedule == full.prefill.stats.schedule
+            own = reused.prefill.stats.schedule[0] - prefix.prefill.stats.schedule[0]
+            assert own == len(after) - n
+        with pytest.raises(CompatibilityError, match="does not extend"):
+            adapter.answer(prefix, OTHER_PROMPT, max_new_tokens=1)
 
 
 def test_query_dependent_reducer_refuses_reuse(load_adapter: Any, frames: Any) -> None:

@@ -436,15 +436,44 @@ class HFVideoAdapter(ModelAdapter):
         return greedy_decode(self, state, limit, return_scores=return_scores)
 
     def prefill_prefix(
-        self, video: VideoFeatures, plan: ReductionPlan | None = None
+        self,
+        video: VideoFeatures,
+        plan: ReductionPlan | None = None,
+        *,
+        prompts: Sequence[str] = (),
     ) -> PrefixCache:
-        """Prefill system prompt + video once, reduced; answer questions from copies."""
+        """Prefill system prompt + video (+ the text ``prompts`` share) once, reduced.
+
+        Questions are answered from copies of the returned cache.
+        """
         self._require_loaded()
         if plan is not None:
             self.check_plan(plan, reuse=True)
         before, _ = self.prompt_ids("")
-        state = run_prefill(self, video, before, [], plan)
-        return PrefixCache(prefill=state, video_grid=video.grid)
+        shared = self.shared_prompt_ids(prompts)
+        state = run_prefill(self, video, before, shared, plan)
+        return PrefixCache(
+            prefill=state, video_grid=video.grid, shared_ids=tuple(shared)
+        )
+
+    def shared_prompt_ids(self, prompts: Sequence[str]) -> list[int]:
+        """Return the tokens after the video that all of ``prompts`` begin with.
+
+        The longest common prefix of their tokenized text after the video (the
+        chat markers and the benchmark's instruction, when it precedes the
+        question), cut so that every prompt keeps at least one token of its own.
+        Token-level, not text-level: each question's tokens are exactly those of
+        its full prefill, so an answer from the prefix equals the full prefill's.
+        Fewer than two prompts share nothing.
+        """
+        if len(prompts) < 2:
+            return []
+        afters = [self.prompt_ids(p)[1] for p in prompts]
+        limit = min(len(a) for a in afters) - 1
+        n = 0
+        while n < limit and all(a[n] == afters[0][n] for a in afters):
+            n += 1
+        return afters[0][:n]
 
     def answer(
         self, prefix: PrefixCache, prompt: str, max_new_tokens: int | None = None

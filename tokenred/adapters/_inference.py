@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from tokenred.adapters._runtime import DecodingState, copy_cache
-from tokenred.errors import UsageError
+from tokenred.errors import CompatibilityError, UsageError
 from tokenred.insertion import (
     LayerReduction,
     Spliced,
@@ -169,10 +169,25 @@ def greedy_decode(
 def prefill_from_prefix(
     adapter: HFVideoAdapter, prefix: PrefixCache, prompt: str
 ) -> PrefillResult:
-    """Prefill ``prompt``'s tokens after a copy of a prefix cache."""
+    """Prefill ``prompt``'s own tokens after a copy of a prefix cache.
+
+    Raises:
+        CompatibilityError: ``prompt`` does not begin with the text the prefix
+            already holds (:attr:`PrefixCache.shared_ids`), or has no token of its
+            own after it.
+    """
     base = prefix.prefill
     src: DecodingState = base.decoding
-    _, after = adapter.prompt_ids(prompt)
+    _, prompt_after = adapter.prompt_ids(prompt)
+    shared = list(prefix.shared_ids)
+    if prompt_after[: len(shared)] != shared or len(prompt_after) <= len(shared):
+        msg = (
+            f"model '{adapter.name}': the question does not extend the cached "
+            f"prefix's {len(shared)} shared prompt tokens; build the prefix with "
+            "prefill_prefix(..., prompts=[...]) listing this question"
+        )
+        raise CompatibilityError(msg)
+    after = prompt_after[len(shared) :]
     full = [*src.ids, *after]
     cache = copy_cache(src.cache, adapter._new_cache())
     controller = src.controller.fork() if src.controller is not None else None
