@@ -278,7 +278,9 @@ def test_query_dependent_reducer_skips_kv_reuse(
 
     table = (main_report([tmp_path], tmp_path / "report") / "reuse.md").read_text()
     fastv = next(line for line in table.splitlines() if "| fastv (K=2) |" in line)
-    assert fastv.count("not reusable") == 5, fastv
+    # every reuse cell says so; its accuracy and full-prefill costs are shown
+    assert fastv.count("not reusable") == 6, fastv
+    assert "| 717 | not reusable | not reusable | 717 | not reusable |" in fastv
     unreduced = next(line for line in table.splitlines() if "| unreduced |" in line)
     assert "not reusable" not in unreduced
 
@@ -522,6 +524,12 @@ def test_reuse_report_compares_the_cost_per_question(
     )
     assert 1 < row["video_in_answers"] <= 1.3
     assert row["same_answers_pct"] == 100.0
+    # all questions of a video: five full prefills against one prefix + five
+    assert row["video_flops_full"] == pytest.approx(5 * mean)
+    assert row["video_flops_reuse"] == pytest.approx(row["video_in_answers"] * mean)
+    assert row["accuracy"] == pytest.approx(
+        100 * sum(r["prediction"] == r["answer"] for r in full) / 10
+    )
 
 
 @pytest.mark.parametrize(

@@ -7,9 +7,12 @@ later answers their question only. The mean over a run's records is therefore th
 per-question cost with reuse; the same reducer's run without reuse gives the cost
 without. This table sets the two side by side for every reducer and budget:
 
+* accuracy (of the answers without reuse; "same answers" says what reuse changed);
 * prefill FLOPs per question, without and with reuse, and the saving;
-* the cost of a whole video (its answers' prefill FLOPs summed) in units of one
-  answer without reuse: 1.0 would mean the other questions came for free;
+* the cost of answering all questions of a video (its answers' prefill FLOPs
+  summed), without and with reuse, the comparison in which a query-agnostic
+  reducer's shared prefix pays off, and the same with reuse in units of one answer
+  without it: 1.0 would mean the other questions came for free;
 * mean end-to-end latency per question (vision, prefill, decoding), without and
   with reuse, on the clock the runs used;
 * how many answers are the same letter with and without reuse.
@@ -89,6 +92,7 @@ def _e2e(record: Any) -> float | None:
 def _run_costs(run: Run) -> dict[str, Any]:
     """Return the per-question and per-video costs of one run."""
     ok = [r for r in run.records if r.status == "ok"]
+    scored = [r.correct for r in ok if r.correct is not None]
     per_video: dict[str, list[int]] = {}
     for r in ok:
         if r.flops.prefill is not None:
@@ -96,6 +100,7 @@ def _run_costs(run: Run) -> dict[str, Any]:
     return {
         "n": len(ok),
         "videos": len({r.video_id or r.id for r in ok}),
+        "accuracy": 100 * _mean([float(c) for c in scored]),
         "flops": _mean([r.flops.prefill for r in ok]),
         "video_flops": _mean([float(sum(v)) for v in per_video.values()]),
         "e2e_ms": _mean([_e2e(r) for r in ok]),
@@ -151,7 +156,12 @@ def _row(entry: dict[str, Any]) -> dict[str, Any]:
         full["n"] / full["videos"] if full and full["videos"] else math.nan
     )
     row["kv_reuse"] = entry.get("k", 0)
+    row["accuracy"] = (full or reuse or {}).get("accuracy", math.nan)
     row["flops_full"] = full["flops"] if full else math.nan
+    row["video_flops_full"] = full["video_flops"] if full else math.nan
+    row["video_flops_reuse"] = (
+        reuse["video_flops"] if (reuse and reusable) else math.nan
+    )
     row["e2e_ms_full"] = full["e2e_ms"] if full else math.nan
     row["flops_reuse"] = reuse["flops"] if (reuse and reusable) else math.nan
     row["e2e_ms_reuse"] = reuse["e2e_ms"] if (reuse and reusable) else math.nan
@@ -194,9 +204,12 @@ def reuse_markdown(frame: pd.DataFrame) -> str:
         "Method",
         "Budget",
         "Q/video",
+        "Acc %",
         f"Prefill/question ({unit})",
         f"with reuse ({unit})",
         "Saved %",
+        f"Prefill/video ({unit})",
+        f"with reuse ({unit})",
         "Video / 1 answer",
         f"e2e/question ({clock})",
         f"with reuse ({clock})",
@@ -204,13 +217,16 @@ def reuse_markdown(frame: pd.DataFrame) -> str:
     ]
     rows = []
     for _, r in frame.iterrows():
+        video_full = _num(r["video_flops_full"] / div, "{:.3g}")
         if not r["reusable"]:
-            reuse_cells = [NOT_REUSABLE] * 3
+            reuse_cells = [NOT_REUSABLE] * 2 + [video_full] + [NOT_REUSABLE] * 2
             tail = [_num(r["e2e_ms_full"], "{:.1f}"), NOT_REUSABLE, NOT_REUSABLE]
         else:
             reuse_cells = [
                 _num(r["flops_reuse"] / div, "{:.3g}"),
                 _num(r["flops_saved_pct"], "{:.1f}"),
+                video_full,
+                _num(r["video_flops_reuse"] / div, "{:.3g}"),
                 _num(r["video_in_answers"], "{:.2f}"),
             ]
             tail = [
@@ -225,19 +241,24 @@ def reuse_markdown(frame: pd.DataFrame) -> str:
                 r["method"],
                 r["budget"],
                 _num(r["questions_per_video"], "{:.1f}"),
+                _num(r["accuracy"], "{:.1f}"),
                 _num(r["flops_full"] / div, "{:.3g}"),
                 *reuse_cells,
                 *tail,
             ]
         )
     notes = [
+        "Acc %: accuracy of the answers without reuse (Same answers % says how "
+        "many reuse left unchanged).",
         "Prefill/question: mean analytic prefill FLOPs of one answer (causal "
         "attention, matmuls only). Without reuse every answer prefills the whole "
         "prompt; with reuse (`measure.kv_reuse`) the first answer of a video "
-        "prefills the reduced video prefix and its question, later answers only "
-        "their question against the cached prefix.",
-        "Video / 1 answer: prefill FLOPs of all answers of a video with reuse, "
-        "summed, divided by one answer without reuse.",
+        "prefills the reduced prefix (system prompt, video, and the instruction "
+        "all its questions begin with) and its own question, later answers only "
+        "their own question against the cached prefix.",
+        "Prefill/video: prefill FLOPs of answering all questions of a video, "
+        "summed (mean over videos). Video / 1 answer: that sum with reuse divided "
+        "by one answer without reuse.",
         "e2e/question: mean end-to-end latency (vision once per video, prefill, "
         "decoding) per answer; n/a when latency was not measured."
         + (" CPU timings are not GPU numbers." if cpu else ""),
