@@ -17,7 +17,9 @@ writes into the output folder:
   per video: per-question cost with and without a shared video prefix
   (:mod:`tokenred.reuse_report`).
 
-Reports never import models. Latency measured on a CPU is labelled as CPU latency
+The Markdown lives in :mod:`tokenred.report_tables` and the figures in
+:mod:`tokenred.report_figures`; this module builds the frames they format and
+re-exports their public functions. Reports never import models. Latency measured on a CPU is labelled as CPU latency
 everywhere, its spread (IQR) is printed beside its median, and it is not drawn as a
 latency frontier unless asked for: CPU timings of a shared machine depend on its
 load and thread count more than on the reducer. A run without latency shows "n/a",
@@ -31,7 +33,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -40,20 +42,30 @@ from tokenred.controls import (
     CONTROL_COLUMNS,
     NOT_APPLICABLE,
     mixed_controls,
-    mixed_warning,
 )
 from tokenred.errors import UsageError
-from tokenred.measure.stats import bootstrap_ci, paired_stats, pareto_front
+from tokenred.measure.stats import bootstrap_ci, paired_stats
 from tokenred.reducer import BASELINE_REDUCER
+from tokenred.report_figures import (
+    FIGURES,
+    make_figures,
+    method_styles,
+    plot_latency,
+    remove_stale_figures,
+    save_figures,
+)
+from tokenred.report_tables import (
+    SHORT_HEADERS,
+    controls_note,
+    flops_unit,
+    markdown_table,
+    metrics_markdown,
+    summary_markdown,
+    summary_table_markdown,
+)
 from tokenred.results import RunStore, SampleRecord, unusable_note
 
-if TYPE_CHECKING:
-    from matplotlib.axes import Axes
-    from matplotlib.figure import Figure
-
 log = logging.getLogger(__name__)
-
-FIGURES = ("acc_vs_ratio", "acc_vs_ttft", "acc_vs_flops")
 
 
 @dataclass
@@ -369,390 +381,6 @@ def average_frame(summary: pd.DataFrame) -> pd.DataFrame:
     return avg
 
 
-# ---- Markdown
-
-
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """Return a GitHub-flavoured Markdown table (no tabulate dependency)."""
-
-    def cell(value: Any) -> str:
-        return str(value).replace("|", "\\|").replace("\n", " ")
-
-    lines = [
-        "| " + " | ".join(cell(h) for h in headers) + " |",
-        "|" + "|".join("---" for _ in headers) + "|",
-    ]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
-
-
-def _num(value: Any, fmt: str = "{:.1f}") -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    return fmt.format(value)
-
-
-def flops_unit(value: float) -> tuple[float, str]:
-    """Return ``(divisor, unit)`` that shows ``value`` as 1 to 999 of a unit."""
-    for div, unit in ((1e15, "PFLOP"), (1e12, "TFLOP"), (1e9, "GFLOP"), (1e6, "MFLOP")):
-        if value >= div:
-            return div, unit
-    return 1.0, "FLOP"
-
-
-def _flops_pct(r: pd.Series) -> str:
-    """Achieved prefill FLOPs % of unreduced: the mean, and the range if it varies."""
-    mean, low, high = (
-        r.get(k) for k in ("flops_pct", "flops_pct_min", "flops_pct_max")
-    )
-    text = _num(mean)
-    if text != "n/a" and _num(low) != _num(high):
-        text += f" ({_num(low)}-{_num(high)})"
-    return text
-
-
-def _cells(r: pd.Series, div: float, unit: str) -> dict[str, str]:
-    """Format one summary row's cells, keyed by column header."""
-    device = "CPU" if r["device"] == "cpu" else "GPU"
-    ci = f"[{_num(r['acc_ci_low'])}, {_num(r['acc_ci_high'])}]"
-    ttft = _num(r["ttft_ms"])
-    if ttft != "n/a":
-        ttft = f"{ttft} ms {device} (IQR {_num(r.get('ttft_iqr_ms'))})"
-    return {
-        "Model": r["model"],
-        "Dataset": r["dataset"],
-        "Method": r["method"],
-        "Budget": r["budget"],
-        "N": str(r["n"]),
-        "Errors": str(r["errors"]),
-        "Acc %": _num(r["accuracy"]),
-        "Acc % [95% CI]": f"{_num(r['accuracy'])} {ci}",
-        "R.Acc": _num(r.get("rel_accuracy")),
-        "Kept tokens": _num(r["kept_tokens"], "{:,.0f}"),
-        "Kept (ratio)": f"{_num(r['kept_tokens'], '{:,.0f}')} "
-        f"({_num(r['kept_ratio'])}%)",
-        "Eq. tokens": _num(r["eq_tokens"], "{:,.0f}"),
-        "Prefill FLOPs": f"{_num(r['flops_prefill'] / div, '{:.3g}')} {unit}",
-        "R.FLOPs": _num(r.get("rel_flops")),
-        "FLOPs %": _flops_pct(r),
-        "TTFT": ttft,
-        "R.TTFT": _num(r.get("rel_ttft")),
-        "Agree %": _num(r.get("agreement")),
-        "McNemar p": _num(r.get("mcnemar_p"), "{:.3g}"),
-    }
-
-
-MD_HEADERS = ("Model", "Dataset", "Method", "Budget", "N", "Acc % [95% CI]", "R.Acc",
-              "Kept (ratio)", "Eq. tokens", "Prefill FLOPs", "FLOPs %", "R.FLOPs",
-              "TTFT", "R.TTFT", "Agree %", "McNemar p")  # fmt: skip
-SHORT_HEADERS = ("Method", "Budget", "N", "Errors", "Acc %", "Kept tokens",
-                 "Eq. tokens", "Prefill FLOPs", "FLOPs %", "TTFT")  # fmt: skip
-AVG_COLUMNS = {"R.Acc": "rel_accuracy", "R.TTFT": "rel_ttft", "R.FLOPs": "rel_flops",
-               "Kept %": "kept_ratio"}  # fmt: skip
-NOTES = (
-    "R.* = percent of the unreduced run (reducer `none`) of the same model and "
-    "dataset. Kept ratio = mean over samples of kept/input visual tokens. "
-    "Eq. tokens = visual tokens averaged over decoder layers.",
-    "Prefill FLOPs are analytic (causal attention, matmuls only; see "
-    "docs/measuring.md). FLOPs % = each sample's prefill FLOPs over its own "
-    "unreduced prefill, averaged (range over samples in brackets when it varies). "
-    "TTFT = median over samples of per-sample median prefill "
-    "times, with the interquartile range (IQR) of those medians; 'CPU' marks CPU "
-    "timings, which are not GPU numbers; n/a = not measured.",
-    "McNemar: exact binomial test on the answers where exactly one of the run and "
-    "the unreduced run is correct. Agree = same predicted letter as unreduced.",
-)
-
-
-def _controls(summary: pd.DataFrame) -> tuple[list[str], dict[str, str]]:
-    """Return the controls that differ among the rows, and those that do not.
-
-    The unreduced run's ``-`` (it reduces nothing) neither differs nor counts.
-    """
-    rows = [
-        {k: r.get(f"ctl_{k}") for k in CONTROL_COLUMNS} for _, r in summary.iterrows()
-    ]
-    mixed = mixed_controls(rows)
-    same: dict[str, str] = {}
-    for key in CONTROL_COLUMNS:
-        values = [str(r[key]) for r in rows if str(r[key]) not in ("None", "-", "?")]
-        if key not in mixed and values:
-            same[key] = values[0]
-    return mixed, same
-
-
-def controls_note(summary: pd.DataFrame) -> str:
-    """Return the line(s) that state a table's controls before it.
-
-    One ``controls:`` line with the values every reduced row shares, and, when
-    rows differ in a control, the one warning line (those controls are then
-    columns of the table).
-    """
-    if summary.empty or not summary.get("ctl_stored", pd.Series()).any():
-        return ""  # runs recorded before controls were stored: nothing to state
-    mixed, same = _controls(summary)
-    lines = []
-    if same:
-        lines.append(
-            "controls: "
-            + " | ".join(f"{CONTROL_COLUMNS[k]} {v}" for k, v in same.items())
-        )
-    if mixed:
-        lines.append(mixed_warning(mixed))
-    return "".join(f"{line}\n" for line in lines)
-
-
-def _table(summary: pd.DataFrame, headers: Sequence[str]) -> str:
-    flops = summary["flops_prefill"]
-    div, unit = flops_unit(float(flops.max()) if flops.notna().any() else 1.0)
-    mixed = _controls(summary)[0] if "ctl_positions" in summary else []
-    headers = list(headers)
-    # Controls in which the rows differ become columns right after the method.
-    at = headers.index("Method") + 1
-    headers[at:at] = [CONTROL_COLUMNS[k] for k in mixed]
-    rows = []
-    for _, r in summary.iterrows():
-        cells = _cells(r, div, unit)
-        cells.update({CONTROL_COLUMNS[k]: str(r[f"ctl_{k}"]) for k in mixed})
-        rows.append([cells[h] for h in headers])
-    return markdown_table(headers, rows)
-
-
-def summary_markdown(summary: pd.DataFrame, average: pd.DataFrame | None = None) -> str:
-    """Return the Markdown report (main table, average table, notes)."""
-    note = controls_note(summary)
-    parts = ["# tokenred report\n\n"]
-    if note:
-        parts.append(note.replace("\n", "\n\n"))
-    parts.append(_table(summary, MD_HEADERS))
-    if average is not None and not average.empty:
-        parts.append("\n## Average over datasets (mean of per-dataset ratios)\n\n")
-        headers = ["Model", "Method", "Budget", "Datasets", *AVG_COLUMNS]
-        rows = [
-            [r["model"], r["method"], r["budget"], str(r["datasets"])]
-            + [_num(r[col]) for col in AVG_COLUMNS.values()]
-            for _, r in average.iterrows()
-        ]
-        parts.append(markdown_table(headers, rows))
-    notes = list(NOTES)
-    if summary["random_weights"].any():
-        notes.append("**Some runs use random weights: their accuracy is meaningless.**")
-    parts.append("\n" + "\n".join(f"- {n}" for n in notes) + "\n")
-    return "".join(parts)
-
-
-# ---- figures
-
-MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "p", "h", "*")
-"""Marker cycle of :func:`method_styles` (the colour cycle is matplotlib's tab10)."""
-DODGE = 0.02
-"""Half-width, as a fraction of the x range, over which methods sharing an x spread."""
-
-
-def method_styles(methods: Sequence[str]) -> dict[str, tuple[str, str]]:
-    """Return one ``(colour, marker)`` per method, the same in every figure.
-
-    The unreduced run comes first (black circles), the others in sorted order, so a
-    method keeps its style across the figures of a report whatever each figure
-    happens to show.
-    """
-    from matplotlib import colormaps
-    from matplotlib.colors import to_hex
-
-    palette = [to_hex(c) for c in colormaps["tab10"].colors]  # type: ignore[attr-defined]
-    palette.remove(to_hex("tab:gray"))  # kept apart from the Pareto frontier's grey
-    ordered = sorted(set(methods), key=lambda m: (m != "unreduced", m))
-    styles: dict[str, tuple[str, str]] = {}
-    others = [m for m in ordered if m != "unreduced"]
-    if "unreduced" in ordered:
-        styles["unreduced"] = ("#000000", "o")
-    for i, method in enumerate(others):
-        styles[method] = (palette[i % len(palette)], MARKERS[(i + 1) % len(MARKERS)])
-    return styles
-
-
-def _dodged(data: pd.DataFrame, x: str, order: Sequence[str]) -> pd.Series:
-    """Return ``data[x]`` with points of different methods at one x spread apart.
-
-    Points of several methods at the same x (e.g. every reducer at exactly 50 %)
-    would hide each other's markers and error bars; each method gets a fixed slot
-    within +-:data:`DODGE` of the x range. Points alone at their x stay exact.
-    """
-    values = data[x].astype(float)
-    span = float(values.max() - values.min()) or abs(float(values.max())) or 1.0
-    key = (values / (span * 1e-3)).round()
-    methods_at = data.groupby(key)["method"].transform("nunique")
-    present = [m for m in order if m in set(data["method"])]
-    if len(present) < 2:
-        return values
-    slot = data["method"].map({m: i for i, m in enumerate(present)}).astype(float)
-    offset = (slot / (len(present) - 1) - 0.5) * 2 * DODGE * span
-    return values.where(methods_at < 2, values + offset)
-
-
-def _label_close_budgets(ax: Axes, data: pd.DataFrame, xs: pd.Series) -> None:
-    """Name the budget of points of one method that share (almost) one x.
-
-    A reducer that keeps fewer tokens than its budget (STTM's thresholds) can land
-    several budgets on the same x; labels keep those points apart.
-    """
-    span = float(xs.max() - xs.min()) or 1.0
-    for _, group in data.groupby("method", sort=True):
-        gx = xs[group.index]
-        for _, close in group.groupby((gx / (0.02 * span)).round(), sort=True):
-            if len(close) < 2:
-                continue
-            for rank, (idx, row) in enumerate(close.iterrows()):
-                ax.annotate(
-                    str(row["budget"]), (xs[idx], row["accuracy"]),
-                    xytext=(6, 10 - 12 * rank), textcoords="offset points",
-                    fontsize="x-small", va="center",
-                )  # fmt: skip
-
-
-def _panel(
-    ax: Axes,
-    data: pd.DataFrame,
-    x: str,
-    pareto: bool,
-    empty: str,
-    styles: dict[str, tuple[str, str]],
-) -> None:
-    """Draw one (model, dataset) panel: a line with 95 % CI error bars per method."""
-    data = data.dropna(subset=[x, "accuracy"]).sort_values([x, "method"])
-    if data.empty:
-        ax.text(0.5, 0.5, empty, ha="center", va="center", transform=ax.transAxes)
-        return
-    xs = _dodged(data, x, list(styles))
-    for method in (m for m in styles if m in set(data["method"])):
-        rows = data[data["method"] == method]
-        colour, marker = styles[method]
-        acc = rows["accuracy"].to_numpy(float)
-        low = (acc - rows["acc_ci_low"].to_numpy(float)).clip(min=0)
-        high = (rows["acc_ci_high"].to_numpy(float) - acc).clip(min=0)
-        ax.errorbar(xs[rows.index], acc, yerr=[low, high], fmt="none",
-                    ecolor=colour, elinewidth=1, capsize=3, alpha=0.7)  # fmt: skip
-        ax.plot(xs[rows.index], acc, color=colour, marker=marker, markersize=7,
-                linewidth=1.5, label=method)  # fmt: skip
-    _label_close_budgets(ax, data, xs)
-    if pareto:
-        front = data.iloc[pareto_front(data[x].to_numpy(), data["accuracy"].to_numpy())]
-        ax.step(front[x], front["accuracy"], where="post", color="0.45", linestyle="--",
-                linewidth=1, label="Pareto frontier")  # fmt: skip
-    ax.grid(True, alpha=0.3)
-
-
-def _legend(fig: Figure, styles: dict[str, tuple[str, str]], pareto: bool) -> None:
-    """One legend below the panels, in :func:`method_styles` order."""
-    from matplotlib.lines import Line2D
-
-    handles = [
-        Line2D([], [], color=c, marker=m, markersize=7, label=method)
-        for method, (c, m) in styles.items()
-    ]
-    if pareto:
-        handles.append(
-            Line2D([], [], color="0.45", linestyle="--", label="Pareto frontier")
-        )
-    fig.legend(handles=handles, loc="outside lower center", fontsize="small",
-               ncols=min(len(handles), 4), frameon=False)  # fmt: skip
-
-
-def _wrap(text: str, width_in: float, font_pt: float) -> str:
-    """Wrap ``text`` to lines that fit ``width_in`` inches at ``font_pt`` points."""
-    import textwrap
-
-    chars = max(20, int(width_in * 72 / (0.55 * font_pt)))
-    return "\n".join(textwrap.wrap(text, chars))
-
-
-def _figure_specs(summary: pd.DataFrame, flop_unit: str) -> dict[str, tuple[Any, ...]]:
-    """Return ``name -> (x column, x label, title, pareto, empty text)``."""
-    cpu = bool((summary["device"] == "cpu").any())
-    gpus = sorted(set(summary.loc[summary["device"] == "cuda", "device_name"]))
-    clock = "CPU" if cpu else "GPU" + (": " + ", ".join(map(str, gpus)) if gpus else "")
-    ttft_title = "Accuracy vs time to first token"
-    if cpu:
-        ttft_title += " (CPU latency, not a GPU number)"
-    return {
-        "acc_vs_ratio": ("kept_ratio", "Kept visual tokens (% of input, mean)",
-                         "Accuracy vs kept-token ratio", False, "no token counts"),
-        "acc_vs_ttft": ("ttft_ms", f"TTFT (ms, {clock})", ttft_title, True,
-                        "latency not measured (measure.latency=false)"),
-        "acc_vs_flops": ("flops_plot", f"Prefill FLOPs ({flop_unit}, analytic)",
-                         "Accuracy vs prefill FLOPs", True, "FLOPs not recorded"),
-    }  # fmt: skip
-
-
-def plot_latency(summary: pd.DataFrame, latency: bool | None = None) -> bool:
-    """Decide whether the report draws the accuracy-vs-TTFT figure.
-
-    Args:
-        summary: The summary frame (``ttft_ms`` and ``device`` columns).
-        latency: True or False forces the choice (``tokenred report --latency`` /
-            ``--no-latency``); None draws it only when some runs were timed and
-            every timed run was timed on a GPU. CPU timings stay in the tables.
-    """
-    if latency is not None:
-        return latency
-    timed = summary[summary["ttft_ms"].notna()]
-    return bool(len(timed)) and bool((timed["device"] == "cuda").all())
-
-
-def make_figures(
-    summary: pd.DataFrame, latency: bool | None = None
-) -> dict[str, Figure]:
-    """Return the report figures (not saved; see :func:`main_report`).
-
-    One panel per (model, dataset); built on :class:`matplotlib.figure.Figure`
-    directly, so no pyplot state or global backend is touched. ``acc_vs_ttft`` is
-    left out unless :func:`plot_latency` says to draw it (FLOPs are the cost axis),
-    and a figure whose x metric no run measured is left out rather than drawn
-    empty. Each method keeps one colour and marker (:func:`method_styles`) across
-    all figures; accuracy points carry their 95 % bootstrap CI as error bars.
-    """
-    from matplotlib.figure import Figure
-
-    groups = sorted(set(zip(summary["model"], summary["dataset"], strict=True)))
-    flops = summary["flops_prefill"]
-    div, unit = flops_unit(float(flops.max()) if flops.notna().any() else 1.0)
-    frame = summary.assign(flops_plot=flops / div)
-    styles = method_styles(list(summary["method"]))
-    suffix = " (random weights)" if summary["random_weights"].any() else ""
-    width = 5.5 * max(1, len(groups))
-    figures: dict[str, Figure] = {}
-    specs = _figure_specs(summary, unit)
-    if not plot_latency(summary, latency):
-        del specs["acc_vs_ttft"]
-    for name, (x, label, title, pareto, empty) in specs.items():
-        if not (frame[x].notna() & frame["accuracy"].notna()).any():
-            continue  # never measured: no figure at all
-        fig = Figure(figsize=(width, 4.8), layout="constrained")
-        axes = fig.subplots(1, max(1, len(groups)), squeeze=False)[0]
-        for ax, (model, dataset) in zip(axes, groups, strict=False):
-            mask = (frame["model"] == model) & (frame["dataset"] == dataset)
-            _panel(ax, frame[mask], x, pareto, empty, styles)
-            ax.set(xlabel=label, ylabel="Accuracy (%)")
-            ax.set_title(_wrap(f"{model} · {dataset}", 5.2, 10), fontsize=10)
-        _legend(fig, styles, pareto)
-        fig.suptitle(_wrap(title + suffix, width - 0.3, 12), fontsize=12)
-        figures[name] = fig
-    return figures
-
-
-def remove_stale_figures(out: Path, written: Sequence[str]) -> None:
-    """Delete report figures in ``out`` that this report did not write.
-
-    Rewriting a report folder after, say, turning latency off must not leave the
-    old TTFT figure next to the new tables.
-    """
-    for name in FIGURES:
-        if name in written:
-            continue
-        for ext in ("png", "svg"):
-            (out / f"{name}.{ext}").unlink(missing_ok=True)
-
-
 # ---- entry points
 
 
@@ -785,29 +413,6 @@ def metrics_frame(runs: Sequence[Run]) -> pd.DataFrame:
     order = frame.assign(_base=frame["method"] != "unreduced", _amount=-amount)
     order = order.sort_values(["model", "dataset", "_base", "method", "_amount"])
     return order.drop(columns=["_base", "_amount"]).reset_index(drop=True)
-
-
-def metrics_markdown(frame: pd.DataFrame, *, breakdown_only: bool = False) -> str:
-    """Return the per-run dataset metrics as a Markdown table.
-
-    Metrics are percentages (one decimal) except the ``num_*`` sample counts, which
-    are shown as whole numbers so they are not read as percentages.
-    """
-    if frame.empty:
-        return ""
-    fixed = ["model", "dataset", "method", "budget"]
-    keys = [c for c in frame.columns if c not in fixed]
-    if breakdown_only:
-        keys = [k for k in keys if "/" in k]
-    if not keys:
-        return ""
-    fmts = {k: "{:.0f}" if k.startswith("num_") else "{:.1f}" for k in keys}
-    headers = ["Method", "Budget", *keys]
-    rows = [
-        [str(r["method"]), str(r["budget"]), *(_num(r.get(k), fmts[k]) for k in keys)]
-        for _, r in frame.iterrows()
-    ]
-    return markdown_table(headers, rows)
 
 
 def main_report(
@@ -872,20 +477,6 @@ def main_report(
     return out
 
 
-def save_figures(figures: dict[str, Figure], out: Path) -> None:
-    """Save each figure as PNG and SVG, byte-identical for identical data.
-
-    Reports may be committed (``docs/study/``), so the SVG's date is left out and
-    its element ids are salted with a constant instead of a random UUID.
-    """
-    import matplotlib
-
-    with matplotlib.rc_context({"svg.hashsalt": "tokenred"}):
-        for name, fig in figures.items():
-            fig.savefig(out / f"{name}.png", dpi=150)
-            fig.savefig(out / f"{name}.svg", metadata={"Date": None})
-
-
 def summary_table(stores: Sequence[RunStore | str | Path]) -> str:
     """Return a short Markdown table of runs, for the runner to print at the end."""
     paths = [s.path if isinstance(s, RunStore) else Path(s) for s in stores]
@@ -896,6 +487,30 @@ def summary_table(stores: Sequence[RunStore | str | Path]) -> str:
     if samples.empty:
         return "(no records)\n"
     summary = summary_frame(samples)
-    table = controls_note(summary) + _table(summary, SHORT_HEADERS)
+    table = controls_note(summary) + summary_table_markdown(summary, SHORT_HEADERS)
     breakdown = metrics_markdown(metrics_frame(runs), breakdown_only=True)
     return table + ("\n" + breakdown if breakdown else "")
+
+
+__all__ = [
+    "FIGURES",
+    "Run",
+    "average_frame",
+    "controls_note",
+    "find_run_dirs",
+    "flops_unit",
+    "is_report_dir",
+    "load_runs",
+    "main_report",
+    "make_figures",
+    "markdown_table",
+    "method_styles",
+    "metrics_frame",
+    "metrics_markdown",
+    "plot_latency",
+    "samples_frame",
+    "save_figures",
+    "summary_frame",
+    "summary_markdown",
+    "summary_table",
+]

@@ -190,7 +190,7 @@ def _num(value: Any, fmt: str) -> str:
 
 def reuse_markdown(frame: pd.DataFrame) -> str:
     """Return the reuse table as Markdown, with its notes."""
-    from tokenred.report import flops_unit, markdown_table
+    from tokenred.report_tables import flops_unit, markdown_table
 
     if frame.empty:
         return ""
