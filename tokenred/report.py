@@ -19,11 +19,12 @@ writes into the output folder:
 
 The Markdown lives in :mod:`tokenred.report_tables` and the figures in
 :mod:`tokenred.report_figures`; this module builds the frames they format and
-re-exports their public functions. Reports never import models. Latency measured on a CPU is labelled as CPU latency
-everywhere, its spread (IQR) is printed beside its median, and it is not drawn as a
-latency frontier unless asked for: CPU timings of a shared machine depend on its
-load and thread count more than on the reducer. A run without latency shows "n/a",
-never an estimate.
+re-exports their public functions. Reports never import models.
+
+Latency measured on a CPU is labelled as CPU latency everywhere, its spread (IQR)
+is printed beside its median, and it is not drawn as a latency frontier unless
+asked for: CPU timings of a shared machine depend on its load and thread count more
+than on the reducer. A run without latency shows "n/a", never an estimate.
 """
 
 from __future__ import annotations
