@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -144,6 +145,29 @@ def test_prefix_holds_the_prompt_text_its_questions_share(
             assert own == len(after) - n
         with pytest.raises(CompatibilityError, match="does not extend"):
             adapter.answer(prefix, OTHER_PROMPT, max_new_tokens=1)
+
+
+def test_a_flops_budget_of_a_shared_prefix_holds_for_every_question(
+    load_adapter: Any, frames: Any
+) -> None:
+    """budget.flops is a fraction of each answer's full prefill: a prefix shared by
+    prompts of different lengths keeps what the longest one allows (the most
+    restrictive), and a prefix for one prompt reduces exactly as its full prefill."""
+    adapter = load_adapter("llava_onevision")
+    video = adapter.encode_video(frames)
+    plan = dataclasses.replace(
+        _plan(RandomReducer(), STAGES[0]), budget=BudgetSpec(flops=0.5)
+    )
+    short, long = SHARED_PROMPTS[0], SHARED_PROMPTS[1] + " Think about it twice."
+    alone = {
+        p: adapter.prefill(video, p, plan).stats.n_visual_out for p in (short, long)
+    }
+    assert alone[long] < alone[short], "pick prompts whose budgets differ"
+    for p in (short, long):
+        one = adapter.prefill_prefix(video, plan, prompts=[p])
+        assert one.prefill.stats.n_visual_out == alone[p]
+    both = adapter.prefill_prefix(video, plan, prompts=[short, long])
+    assert both.prefill.stats.n_visual_out == alone[long]
 
 
 def test_query_dependent_reducer_refuses_reuse(load_adapter: Any, frames: Any) -> None:

@@ -444,14 +444,30 @@ class HFVideoAdapter(ModelAdapter):
     ) -> PrefixCache:
         """Prefill system prompt + video (+ the text ``prompts`` share) once, reduced.
 
-        Questions are answered from copies of the returned cache.
+        Questions are answered from copies of the returned cache. A FLOPs budget
+        (``budget.flops``) is resolved against the longest of ``prompts``, so every
+        answer stays within it; with one prompt the reduction is exactly the one
+        its full prefill makes.
         """
         self._require_loaded()
         if plan is not None:
             self.check_plan(plan, reuse=True)
         before, _ = self.prompt_ids("")
         shared = self.shared_prompt_ids(prompts)
-        state = run_prefill(self, video, before, shared, plan)
+        # A FLOPs budget is a fraction of each answer's full prefill; the prefix's
+        # one reduction serves them all, so it is resolved against the longest
+        # prompt, the most restrictive (the incompressible text is the largest
+        # share there): every answer lands at or below the budget.
+        block = len(self._video_block(video)[0])
+        lengths = [len(before) + block + len(self.prompt_ids(p)[1]) for p in prompts]
+        state = run_prefill(
+            self,
+            video,
+            before,
+            shared,
+            plan,
+            cost_length=max(lengths) if lengths else None,
+        )
         return PrefixCache(
             prefill=state, video_grid=video.grid, shared_ids=tuple(shared)
         )

@@ -48,8 +48,15 @@ def run_prefill(
     after: list[int],
     plan: ReductionPlan | None,
     continuation: Sequence[int] = (),
+    *,
+    cost_length: int | None = None,
 ) -> PrefillResult:
-    """Prefill ``before + video block + after (+ continuation)``, reduced per plan."""
+    """Prefill ``before + video block + after (+ continuation)``, reduced per plan.
+
+    ``cost_length`` is the unreduced prompt length a FLOPs budget is measured
+    against (default: this prefill's own length); a shared prefix passes the length
+    of the full prompts it will answer, since its own length holds no question.
+    """
     video = video.to(adapter.device)
     ids, layout = adapter._layout(video, before, after, continuation)
     policy = None
@@ -57,7 +64,8 @@ def run_prefill(
     if plan is not None:
         adapter.check_plan(plan)
         policy = resolve_policy(plan, adapter.rope, adapter.default_positions)
-        cost = BudgetCost(adapter.arch, layout.length, plan.layer)
+        length = layout.length if cost_length is None else cost_length
+        cost = BudgetCost(adapter.arch, length, plan.layer)
     cache = adapter._new_cache()
     controller: LayerReduction | None = None
     sp: Spliced | None = None
