@@ -405,6 +405,8 @@ def test_kv_reuse_records_carry_what_each_answer_computed(
         for r, i, a in zip(video, infos, alone, strict=True):
             tail = suffix_flops(arch, prefix, i["question_tokens"]).total
             assert i["prefix_flops"] == head and i["question_flops"] == tail
+            assert i["prefix_share_flops"] == pytest.approx(head / 5)
+            assert i["prefix_share_ms"] == pytest.approx(i["prefix_ms"] / 5)
             assert r["flops"]["prefill"] == tail + (head if i["owns_prefix"] else 0)
             # the causal split is exact: prefix + question == full prefill
             assert head + tail == a["flops"]["prefill"]

@@ -23,7 +23,9 @@ video gives the video's cost:
   question for the first answer, question alone after), ``decode_per_token`` and
   ``e2e`` (vision, first answer only, + prefill + decode);
 * ``meta.kv_reuse``: the split in numbers (questions sharing the prefix, this
-  answer's index, prefix and question tokens and FLOPs, the timed medians).
+  answer's index, prefix and question tokens and FLOPs, the timed medians, and
+  each answer's even share of the prefix, ``prefix_share_flops`` /
+  ``prefix_share_ms``, for an amortised view).
 
 The mean over a run's records is therefore the per-question cost with reuse, which
 the report sets beside the same reducer's run without reuse. Query-dependent
@@ -340,11 +342,13 @@ def reused_record(
         )
         flops = dataclasses.replace(record.flops, prefill=parts["prefill"])
         info["prefix_flops"] = parts["prefix"]
+        info["prefix_share_flops"] = parts["prefix"] / len(group.answers)
         info["question_flops"] = parts["question"]
     latency_ms: dict[str, dict[str, float] | None] = {}
     if latency:
         latency_ms = _latency(group, answer, vision_ms, owns)
         info["prefix_ms"] = summarize(group.prefix_ms)["median"]
+        info["prefix_share_ms"] = info["prefix_ms"] / len(group.answers)
         info["question_ms"] = summarize(answer.question_ms)["median"]
         info["decode_ms"] = summarize(answer.decode_ms)["median"]
     return dataclasses.replace(
