@@ -40,8 +40,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gpu_suite import _short, count_syncs  # noqa: E402
-from sttm_speed import BUDGETS, _embedded_videos, smooth_video  # noqa: E402
+from gpu_suite import _short, count_syncs
+from sttm_speed import BUDGETS, _embedded_videos, smooth_video
 
 TAU_S, TAU_T = 0.80, 0.60
 CASES = [
@@ -255,9 +255,7 @@ def _pin_outputs() -> dict[str, Any]:
 
 def _same(a: Any, b: Any) -> bool:
     if isinstance(a, torch.Tensor):
-        return (
-            isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
-        )
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
     if isinstance(a, dict):
         return (
             isinstance(b, dict)
