@@ -43,7 +43,7 @@ from tokenred_sttm.temporal import (
     n_pair_keys,
     pair_cosines,
     pair_keys,
-    propagate,
+    propagate_count,
 )
 
 __all__ = [
@@ -102,6 +102,9 @@ class Prepared:
         reach: Largest ``tau_s`` the scores serve (None: any).
         cache: ``[K]`` float32 pair cosines by :func:`pair_keys` key, NaN where not
             yet computed, or None to compute each cut's cosines afresh.
+        hints: Host-side guesses carried between the cuts of one video (the
+            rounds the last labelling took, see :func:`group`); they only decide
+            when the host reads the device, never a result.
     """
 
     grid: Tensor
@@ -112,6 +115,7 @@ class Prepared:
     options: MergeOptions
     reach: float | None = None
     cache: Tensor | None = None
+    hints: dict[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def level_dtype(self) -> torch.dtype:
@@ -311,15 +315,31 @@ def pair_similarities(prep: Prepared, part: Partition) -> tuple[Tensor, Tensor, 
 
 
 def group(
-    prep: Prepared, n: int, pairs: tuple[Tensor, Tensor, Tensor], tau_t: float
+    prep: Prepared,
+    n: int,
+    pairs: tuple[Tensor, Tensor, Tensor],
+    tau_t: float | Tensor,
 ) -> tuple[Tensor, int, int]:
-    """Merge nodes whose pair cosine reaches ``tau_t``: ``(rep, rounds, n_out)``."""
+    """Merge nodes whose pair cosine reaches ``tau_t``: ``(rep, rounds, n_out)``.
+
+    ``tau_t`` may be a 0-d tensor on the device (the fill's bisection over pair
+    cosines), so that choosing it needs no read-back. The labelling's first
+    read-back comes after as many rounds as the last labelling of this video took
+    (the search labels one video many times, with similar round counts), or, for
+    the first, after ``log2(T) + 1`` rounds (pointer jumping needs about that many
+    on chains of ``T`` frames).
+    """
     dst, src, sims = pairs
-    edge = sims >= tau_t
-    rep, rounds = propagate(
-        dst[edge], src[edge], n, exhaustive=not prep.options.rules.early_stop
+    guess = prep.hints.get("rounds", prep.grid.shape[0].bit_length())
+    rep, rounds, n_out = propagate_count(
+        dst,
+        src,
+        n,
+        exhaustive=not prep.options.rules.early_stop,
+        edge=sims >= tau_t,
+        first_check=guess,
     )
-    n_out = int((rep == torch.arange(n, device=rep.device)).sum())
+    prep.hints["rounds"] = rounds
     return rep, rounds, n_out
 
 

@@ -409,6 +409,9 @@ class Partition:
         area: ``[T, H, W]`` patch count of the patch's node.
         tl_index: ``[Nn]`` flat patch index of each node's top-left corner.
         tlbr: ``[Nn, 5]`` each node's ``(t, y0, x0, y1, x1)`` in patch units.
+        pair_index: ``[P]`` flat index into ``[T-1, H, W]`` of the patches where
+            the nested pairs of consecutive frames are read (see
+            :func:`pair_patches`), in raster order.
     """
 
     node: Tensor
@@ -417,6 +420,7 @@ class Partition:
     area: Tensor
     tl_index: Tensor
     tlbr: Tensor
+    pair_index: Tensor
 
     @property
     def n_nodes(self) -> int:
@@ -450,10 +454,36 @@ def partition(pscores: Tensor, lattice: Lattice, tau_s: float) -> Partition:
     return partition_at(stop_levels(pscores, lattice.n_levels, tau_s), lattice)
 
 
+def compact(mask: Tensor, size: int) -> Tensor:
+    """Return the indices of the ``True`` entries of ``mask [N]``, in order.
+
+    ``size`` is their number, known on the host, so unlike ``nonzero`` nothing is
+    read back from the device: each entry goes to its rank among the ``True`` ones
+    (a cumulative sum), the others to a spare slot that is dropped.
+    """
+    n = mask.shape[0]
+    rank = torch.cumsum(mask, 0) - 1
+    slot = torch.where(mask, rank, size)
+    out = torch.empty(size + 1, dtype=torch.long, device=mask.device)
+    out.scatter_(0, slot, torch.arange(n, device=mask.device))
+    return out[:size]
+
+
+def pair_patches(area: Tensor, is_tl: Tensor) -> Tensor:
+    """Return ``[T-1, H, W]``: the patches where a nested pair is read.
+
+    A pair of frames ``t`` and ``t+1`` is read at the top-left patch of its smaller
+    node (either one when the regions are equal), so each pair appears once.
+    """
+    return torch.where(area[:-1] >= area[1:], is_tl[1:], is_tl[:-1])
+
+
 def partition_at(lvl: Tensor, lattice: Lattice) -> Partition:
     """Build the partition whose patches are kept at levels ``lvl [T, H, W]``.
 
     ``lvl`` must be constant over each node it names (as :func:`stop_levels` is).
+    The node and pair counts are read back from the device together, once: they
+    size everything after the cut.
     """
     t, h, w = lvl.shape
     dev = lvl.device
@@ -462,11 +492,15 @@ def partition_at(lvl: Tensor, lattice: Lattice) -> Partition:
     y0, y1 = lattice.start_y[lvl, yy], lattice.end_y[lvl, yy]
     x0, x1 = lattice.start_x[lvl, xx], lattice.end_x[lvl, xx]
     is_tl = (y0 == yy) & (x0 == xx)
+    area = (y1 - y0) * (x1 - x0)
+    at_pair = pair_patches(area, is_tl).reshape(-1)  # [(T-1)*H*W]
+    flat_tl = is_tl.reshape(-1)
+    n_nodes, n_pairs = torch.stack([flat_tl.sum(), at_pair.sum()]).tolist()
     tt = torch.arange(t, device=dev)[:, None, None]
     tl_flat = ((tt * h + y0) * w + x0).reshape(-1)  # [T*H*W]
-    ids = torch.cumsum(is_tl.reshape(-1), 0) - 1
+    ids = torch.cumsum(flat_tl, 0) - 1
     node = ids[tl_flat].reshape(t, h, w)
-    tl_index = torch.nonzero(is_tl.reshape(-1)).squeeze(1)
+    tl_index = compact(flat_tl, n_nodes)
     tlbr = torch.stack(
         [
             tl_index // (h * w),
@@ -477,8 +511,8 @@ def partition_at(lvl: Tensor, lattice: Lattice) -> Partition:
         ],
         dim=1,
     )
-    area = (y1 - y0) * (x1 - x0)
-    return Partition(node, lvl, is_tl, area, tl_index, tlbr)
+    pair_index = compact(at_pair, n_pairs)
+    return Partition(node, lvl, is_tl, area, tl_index, tlbr, pair_index)
 
 
 def node_features(

@@ -41,25 +41,17 @@ from tokenred_sttm.quadtree import (
 )
 
 
-def _canonical(part: Partition) -> Tensor:
-    """Return ``[T-1, H, W]``: the patches where a nested pair is read.
-
-    A pair of frames ``t`` and ``t+1`` is read at the top-left patch of its smaller
-    node (either one when the regions are equal), so each pair appears once.
-    """
-    area_a, area_b = part.area[:-1], part.area[1:]
-    tl_a, tl_b = part.is_top_left[:-1], part.is_top_left[1:]
-    return torch.where(area_a >= area_b, tl_b, tl_a)
-
-
 def candidate_pairs(part: Partition) -> tuple[Tensor, Tensor]:
     """Return ``(dst, src)``: node ids of nested pairs in consecutive frames.
 
     ``dst`` is the node in frame ``t`` and ``src`` the node in frame ``t+1``; each
-    pair appears once, in raster order of its smaller node's top-left patch.
+    pair appears once, in raster order of its smaller node's top-left patch
+    (:attr:`Partition.pair_index`).
     """
-    canonical = _canonical(part)
-    return part.node[:-1][canonical], part.node[1:][canonical]
+    t, h, w = part.node.shape
+    at = part.pair_index
+    flat = part.node.reshape(-1)  # [T*H*W]
+    return flat[at], flat[at + h * w]
 
 
 def pair_keys(part: Partition, lattice: Lattice) -> Tensor:
@@ -73,8 +65,11 @@ def pair_keys(part: Partition, lattice: Lattice) -> Tensor:
     """
     sizes = torch.tensor(lattice.sizes, device=part.node.device)  # [L, 2]
     offset = key_offsets(lattice, part.node.shape[0]).to(part.node.device)
-    t, y, x = torch.nonzero(_canonical(part), as_tuple=True)
-    la, lb = part.level[t, y, x], part.level[t + 1, y, x]
+    _, hh, ww = part.node.shape
+    at = part.pair_index
+    t, y, x = at // (hh * ww), (at // ww) % hh, at % ww
+    levels = part.level.reshape(-1)  # [T*H*W]
+    la, lb = levels[at], levels[at + hh * ww]
     fine = torch.maximum(la, lb)
     h, w = sizes[fine, 0], sizes[fine, 1]
     iy, ix = lattice.anc_y[fine, y], lattice.anc_x[fine, x]
@@ -182,21 +177,66 @@ def propagate(
         ``[n]`` representative of each node (the minimum id of its group, which is
         itself a member) and the number of rounds run.
     """
-    rep = torch.arange(n, device=dst.device)
-    rounds = 0
+    rep, rounds, _ = propagate_count(dst, src, n, exhaustive=exhaustive)
+    return rep, rounds
+
+
+def propagate_count(
+    dst: Tensor,
+    src: Tensor,
+    n: int,
+    *,
+    exhaustive: bool,
+    edge: Tensor | None = None,
+    first_check: int = 4,
+) -> tuple[Tensor, int, int]:
+    """:func:`propagate` that also counts the groups, reading the device rarely.
+
+    The rounds run in blocks of ``first_check``, twice that, and so on, on the
+    device; a round after the stopping one leaves the labels as they are (they are
+    frozen on the device), so the result and the round count are those of checking
+    after every round, while the host reads back once per block (whether the
+    rounds are done, how many ran and the group count): one or a few
+    synchronisations per labelling instead of one per round. A block that
+    overshoots costs its extra rounds, so callers pass a good guess.
+
+    Args:
+        dst: ``[P]`` earlier-frame end of each candidate pair.
+        src: ``[P]`` later-frame end of each candidate pair.
+        n: Number of nodes.
+        exhaustive: See :func:`propagate`.
+        edge: ``[P]`` which pairs are edges (None: all). A pair that is not an
+            edge scatters each end's own label onto itself, which changes nothing,
+            so no data-dependent compaction of the edges is needed.
+        first_check: Rounds run before the first read-back (at least 1).
+
+    Returns:
+        The representatives ``[n]``, the rounds run and the number of groups.
+    """
+    ids = torch.arange(n, device=dst.device)
+    rep = ids
+    done = torch.zeros((), dtype=torch.bool, device=dst.device)
+    rounds = torch.zeros((), dtype=torch.long, device=dst.device)
+    block = max(first_check, 1)
     while True:
-        low = torch.minimum(rep[dst], rep[src])
-        nxt = rep.scatter_reduce(0, dst, low, reduce="amin")
-        nxt = nxt.scatter_reduce(0, src, low, reduce="amin")
-        nxt = nxt[nxt]
-        rounds += 1
-        if exhaustive:
-            done = torch.equal(nxt, rep)
-        else:
-            done = torch.equal(nxt, nxt[nxt])
-        rep = nxt
-        if done:
-            return rep, rounds
+        for _ in range(block):
+            rep_d, rep_s = rep[dst], rep[src]
+            low = torch.minimum(rep_d, rep_s)
+            low_d, low_s = low, low
+            if edge is not None:
+                low_d = torch.where(edge, low, rep_d)
+                low_s = torch.where(edge, low, rep_s)
+            nxt = rep.scatter_reduce(0, dst, low_d, reduce="amin")
+            nxt = nxt.scatter_reduce(0, src, low_s, reduce="amin")
+            nxt = nxt[nxt]
+            stop = (nxt == rep) if exhaustive else (nxt == nxt[nxt])
+            rounds += (~done).long()
+            rep = torch.where(done, rep, nxt)  # frozen once a round has stopped
+            done = done | stop.all()
+        flags = torch.stack([done.long(), rounds, (rep == ids).sum()]).tolist()
+        if flags[0]:
+            return rep, int(flags[1]), int(flags[2])
+        block *= 2
 
 
 def aggregate(
