@@ -31,6 +31,7 @@ from tokenred_sttm.quadtree import (
     Partition,
     build_lattice,
     build_pyramid,
+    compact,
     node_features,
     partition,
     patch_scores,
@@ -292,14 +293,17 @@ def pair_similarities(prep: Prepared, part: Partition) -> tuple[Tensor, Tensor, 
         return dst, src, sims
     keys = pair_keys(part, prep.lattice)
     sims = prep.cache[keys]
-    miss = torch.nonzero(torch.isnan(sims)).squeeze(1)
     start = _finest_block(prep)
-    finest_missing = int((keys[miss] >= start).sum())
+    missing = torch.isnan(sims)
+    counts = torch.stack([missing.sum(), (missing & (keys >= start)).sum()])
+    n_miss, finest_missing = counts.tolist()
     if 4 * finest_missing > prep.cache.shape[0] - start:
         prep.cache[start:] = finest_pair_cosines(prep.grid, opts.head_dim)
         sims = prep.cache[keys]
-        miss = torch.nonzero(torch.isnan(sims)).squeeze(1)
-    if miss.numel():
+        missing = torch.isnan(sims)
+        n_miss = int(missing.sum())
+    if n_miss:
+        miss = compact(missing, n_miss)
         fresh = pair_cosines(
             prep.levels,
             prep.lattice,
@@ -314,31 +318,40 @@ def pair_similarities(prep: Prepared, part: Partition) -> tuple[Tensor, Tensor, 
     return dst, src, sims
 
 
-def group(
-    prep: Prepared,
-    n: int,
-    pairs: tuple[Tensor, Tensor, Tensor],
-    tau_t: float | Tensor,
+def label(
+    prep: Prepared, n: int, dst: Tensor, src: Tensor, guess: int | None = None
 ) -> tuple[Tensor, int, int]:
-    """Merge nodes whose pair cosine reaches ``tau_t``: ``(rep, rounds, n_out)``.
+    """Label ``n`` nodes along the edges ``dst -> src``: ``(rep, rounds, n_out)``.
 
-    ``tau_t`` may be a 0-d tensor on the device (the fill's bisection over pair
-    cosines), so that choosing it needs no read-back. The labelling's first
-    read-back comes after as many rounds as the last labelling of this video took
-    (the search labels one video many times, with similar round counts), or, for
-    the first, after ``log2(T) + 1`` rounds (pointer jumping needs about that many
-    on chains of ``T`` frames).
+    The host first reads the labelling after ``guess`` rounds; by default as many
+    as the last cut of this video took (the search cuts one video many times,
+    with similar round counts), or, at the first cut, ``log2(T) + 1`` rounds
+    (pointer jumping needs about that many on chains of ``T`` frames): usually a
+    single read-back.
     """
-    dst, src, sims = pairs
-    guess = prep.hints.get("rounds", prep.grid.shape[0].bit_length())
-    rep, rounds, n_out = propagate_count(
+    if guess is None:
+        guess = prep.hints.get("rounds", prep.grid.shape[0].bit_length())
+    return propagate_count(
         dst,
         src,
         n,
         exhaustive=not prep.options.rules.early_stop,
-        edge=sims >= tau_t,
         first_check=guess,
     )
+
+
+def group(
+    prep: Prepared, n: int, pairs: tuple[Tensor, Tensor, Tensor], tau_t: float
+) -> tuple[Tensor, int, int]:
+    """Merge nodes whose pair cosine reaches ``tau_t``: ``(rep, rounds, n_out)``.
+
+    The edge count is read back once and the edges compacted, so the rounds work
+    on the edges only (typically a third of the pairs).
+    """
+    dst, src, sims = pairs
+    edge = sims >= tau_t
+    at = compact(edge, int(edge.sum()))
+    rep, rounds, n_out = label(prep, n, dst[at], src[at])
     prep.hints["rounds"] = rounds
     return rep, rounds, n_out
 
@@ -361,18 +374,23 @@ def finalize(prep: Prepared, ev: Evaluation) -> STTMResult:
     node_area = part.area.reshape(-1)[part.tl_index]
     weights = node_area if prep.options.weighted else torch.ones_like(node_area)
 
-    def gather(ids: Tensor) -> Tensor:
+    def gather(ids: Tensor, counts: list[int]) -> Tensor:
         dtype = prep.level_dtype
-        feats: Tensor = node_features(prep.levels, prep.lattice, part, dtype, ids)
+        feats: Tensor = node_features(
+            prep.levels, prep.lattice, part, dtype, ids, counts
+        )
         return feats
 
     feats, keep = aggregate(
         gather,
         weights,
         ev.rep,
+        part.level.reshape(-1)[part.tl_index],
+        prep.lattice.n_levels,
         acc_dtype=prep.level_dtype,
         out_dtype=prep.grid.dtype,
         stepwise=prep.options.rules.model_dtype,
+        unit_weights=not prep.options.weighted,
     )
     out_index = torch.full_like(ev.rep, -1)
     out_index[keep] = torch.arange(keep.shape[0], device=keep.device)

@@ -515,22 +515,47 @@ def partition_at(lvl: Tensor, lattice: Lattice) -> Partition:
     return Partition(node, lvl, is_tl, area, tl_index, tlbr, pair_index)
 
 
+def level_tally(keys: Tensor, n_bins: int) -> Tensor:
+    """Return ``[n_bins]`` how often each key occurs, without a read-back.
+
+    ``torch.bincount`` reads the largest key back to size its result on CUDA; the
+    number of bins is known here, so a scatter into zeros does the same work.
+    """
+    out = torch.zeros(n_bins, dtype=torch.long, device=keys.device)
+    return out.index_add_(0, keys, torch.ones_like(keys))
+
+
 def node_features(
     levels: list[Tensor],
     lattice: Lattice,
     part: Partition,
     dtype: torch.dtype,
     ids: Tensor | None = None,
+    counts: list[int] | None = None,
 ) -> Tensor:
-    """Return ``[n, C]`` the level feature of nodes ``ids`` (default: all, in order)."""
+    """Return ``[n, C]`` the level feature of nodes ``ids`` (default: all, in order).
+
+    The nodes are grouped by level with a stable sort, each level's rows gathered
+    in cache-sized pieces. ``counts`` (how many of ``ids`` sit at each level)
+    sizes the groups; callers that read it back together with other values pass
+    it, else it is read back here, once.
+    """
     c = levels[-1].shape[-1]
     tl = part.tl_index if ids is None else part.tl_index[ids]
     box = part.tlbr if ids is None else part.tlbr[ids]
     lvl = part.level.reshape(-1)[tl]
     t, y0, x0 = box[:, 0], box[:, 1], box[:, 2]
     out = levels[-1].new_empty(tl.shape[0], c, dtype=dtype)
+    if len(levels) == 1:
+        order, counts = torch.arange(tl.shape[0], device=tl.device), [tl.shape[0]]
+    else:
+        if counts is None:
+            counts = level_tally(lvl, len(levels)).tolist()
+        order = torch.sort(lvl, stable=True).indices  # by level, then position
+    start = 0
     for i, feats in enumerate(levels):
-        sel = torch.nonzero(lvl == i).squeeze(1)
+        sel = order[start : start + counts[i]]
+        start += counts[i]
         if sel.numel() == 0:
             continue
         h, w = feats.shape[1], feats.shape[2]

@@ -35,7 +35,9 @@ from tokenred_sttm.quadtree import (
     Lattice,
     Partition,
     chunk_rows,
+    compact,
     head_dot,
+    level_tally,
     node_features,
     unit,
 )
@@ -133,28 +135,76 @@ def pair_cosines(
     """Return ``[P]`` float32 cosines of node pairs, normalised as the reference does.
 
     Each vector is divided by ``norm + 1e-8``. Pairs are taken in cache-sized
-    chunks and only their own nodes are gathered, so no ``[Nn, C]`` copy of the
-    node features is made.
+    chunks and only nodes near their own are gathered, so no ``[Nn, C]`` copy of
+    the node features is made. Everything that sizes the chunks' gathers is read
+    back from the device at once, before the first chunk.
+
+    Pairs join consecutive frames and come in frame order, and node ids are
+    frame-major, so a chunk's nodes mostly fill the id range between its lowest
+    and highest end: such a chunk gathers and normalises that range once (each
+    node once, however many pairs it is in). A chunk whose range is more than
+    twice its pair ends (scattered pairs, as the search's cache misses can be)
+    gathers its two ends per pair instead. Either way every cosine is the same
+    per-row arithmetic on the same rows.
 
     Args:
         levels: Level features, root first.
         lattice: The levels' geometry.
         part: The partition the node ids refer to.
-        dst: ``[P]`` first node of each pair.
+        dst: ``[P]`` first node of each pair (in an earlier frame than ``src``).
         src: ``[P]`` second node of each pair.
         head_dim: Per-head similarity width, or None.
         dtype: Dtype of the node features (the levels' working dtype).
     """
-    out = torch.empty(dst.shape[0], device=dst.device)
+    n_pairs = dst.shape[0]
+    dev = dst.device
+    out = torch.empty(n_pairs, device=dev)
+    if n_pairs == 0:
+        return out
     step = chunk_rows(levels[-1].shape[-1], 2)
-    for lo in range(0, dst.shape[0], step):
-        a, b = dst[lo : lo + step], src[lo : lo + step]
-        need, inverse = torch.unique(torch.cat([a, b]), return_inverse=True)
-        feats = node_features(levels, lattice, part, dtype, need)  # [n, C]
-        u = unit(feats, head_dim, temporal=True, owned=True)
-        prod = u.index_select(0, inverse[: a.shape[0]])
-        prod.mul_(u.index_select(0, inverse[a.shape[0] :]))
-        out[lo : lo + a.shape[0]] = head_dot(prod, head_dim)
+    n_chunks = -(-n_pairs // step)
+    n_lv = len(levels)
+    node_level = part.level.reshape(-1)[part.tl_index]  # [Nn]
+    chunk = torch.arange(n_pairs, device=dev) // step  # [P]
+    first = torch.full((n_chunks,), part.n_nodes, dtype=torch.long, device=dev)
+    first.scatter_reduce_(0, chunk, torch.minimum(dst, src), reduce="amin")
+    last = torch.zeros(n_chunks, dtype=torch.long, device=dev)
+    last.scatter_reduce_(0, chunk, torch.maximum(dst, src), reduce="amax")
+    # [Nn + 1, L] nodes per level below each id, for the per-range level counts
+    below = torch.zeros(part.n_nodes + 1, n_lv, dtype=torch.long, device=dev)
+    below[1:] = torch.nn.functional.one_hot(node_level, n_lv).cumsum(0)
+    in_range = below[last + 1] - below[first]  # [chunks, L]
+    ends_a = level_tally(chunk * n_lv + node_level[dst], n_chunks * n_lv)
+    ends_b = level_tally(chunk * n_lv + node_level[src], n_chunks * n_lv)
+    # [chunks, 2 + 3L]: range, level counts in it, of the dst ends, of the src ends
+    table = torch.cat(
+        [
+            first[:, None],
+            last[:, None],
+            in_range,
+            ends_a.reshape(n_chunks, n_lv),
+            ends_b.reshape(n_chunks, n_lv),
+        ],
+        dim=1,
+    ).tolist()
+    for k, row in enumerate(table):
+        lo, hi = k * step, min((k + 1) * step, n_pairs)
+        a, b = dst[lo:hi], src[lo:hi]
+        start, stop = row[0], row[1] + 1
+        if stop - start <= 2 * (hi - lo):
+            ids = torch.arange(start, stop, device=dev)
+            counts = row[2 : 2 + n_lv]
+            feats = node_features(levels, lattice, part, dtype, ids, counts)
+            u = unit(feats, head_dim, temporal=True, owned=True)  # [range, C]
+            prod = u.index_select(0, a - start)
+            prod.mul_(u.index_select(0, b - start))
+        else:
+            counts_a, counts_b = row[2 + n_lv : 2 + 2 * n_lv], row[2 + 2 * n_lv :]
+            feats = node_features(levels, lattice, part, dtype, a, counts_a)
+            prod = unit(feats, head_dim, temporal=True, owned=True)
+            feats = node_features(levels, lattice, part, dtype, b, counts_b)
+            prod.mul_(unit(feats, head_dim, temporal=True, owned=True))
+        out[lo:hi] = head_dot(prod, head_dim)
     return out
 
 
@@ -187,27 +237,30 @@ def propagate_count(
     n: int,
     *,
     exhaustive: bool,
-    edge: Tensor | None = None,
     first_check: int = 4,
 ) -> tuple[Tensor, int, int]:
     """:func:`propagate` that also counts the groups, reading the device rarely.
 
-    The rounds run in blocks of ``first_check``, twice that, and so on, on the
-    device; a round after the stopping one leaves the labels as they are (they are
-    frozen on the device), so the result and the round count are those of checking
-    after every round, while the host reads back once per block (whether the
-    rounds are done, how many ran and the group count): one or a few
-    synchronisations per labelling instead of one per round. A block that
-    overshoots costs its extra rounds, so callers pass a good guess.
+    Rounds run on the device in blocks, and the host reads back once per block:
+    one or a few synchronisations per labelling instead of one per round. Each
+    round's labelling is kept (every round makes a fresh tensor anyway), and the
+    stop tests of a block are evaluated together at its end, so the labelling
+    returned and the round count are those of testing after every round.
+
+    Labels only decrease: each round takes minima, and ``rep[rep] <= rep`` since
+    every label is at most its node's id. So two labellings are equal exactly
+    when their sums are, which makes the stop tests one sum per round: a round
+    changed nothing (exhaustive), or its labelling is idempotent (the reference's
+    early stop).
+
+    The first block has ``first_check`` rounds, the second half as many, then
+    they double: a good guess costs one read-back and no extra rounds.
 
     Args:
-        dst: ``[P]`` earlier-frame end of each candidate pair.
-        src: ``[P]`` later-frame end of each candidate pair.
+        dst: ``[E]`` earlier-frame end of each edge.
+        src: ``[E]`` later-frame end of each edge.
         n: Number of nodes.
         exhaustive: See :func:`propagate`.
-        edge: ``[P]`` which pairs are edges (None: all). A pair that is not an
-            edge scatters each end's own label onto itself, which changes nothing,
-            so no data-dependent compaction of the edges is needed.
         first_check: Rounds run before the first read-back (at least 1).
 
     Returns:
@@ -215,56 +268,68 @@ def propagate_count(
     """
     ids = torch.arange(n, device=dst.device)
     rep = ids
-    done = torch.zeros((), dtype=torch.bool, device=dst.device)
-    rounds = torch.zeros((), dtype=torch.long, device=dst.device)
+    rounds = 0
     block = max(first_check, 1)
     while True:
+        start = rep.sum()[None]  # [1] the labelling before the block
+        reps = []
         for _ in range(block):
-            rep_d, rep_s = rep[dst], rep[src]
-            low = torch.minimum(rep_d, rep_s)
-            low_d, low_s = low, low
-            if edge is not None:
-                low_d = torch.where(edge, low, rep_d)
-                low_s = torch.where(edge, low, rep_s)
-            nxt = rep.scatter_reduce(0, dst, low_d, reduce="amin")
-            nxt = nxt.scatter_reduce(0, src, low_s, reduce="amin")
-            nxt = nxt[nxt]
-            stop = (nxt == rep) if exhaustive else (nxt == nxt[nxt])
-            rounds += (~done).long()
-            rep = torch.where(done, rep, nxt)  # frozen once a round has stopped
-            done = done | stop.all()
-        flags = torch.stack([done.long(), rounds, (rep == ids).sum()]).tolist()
-        if flags[0]:
-            return rep, int(flags[1]), int(flags[2])
-        block *= 2
+            low = torch.minimum(rep[dst], rep[src])
+            nxt = rep.scatter_reduce(0, dst, low, reduce="amin")
+            nxt = nxt.scatter_reduce(0, src, low, reduce="amin")
+            rep = nxt[nxt]
+            reps.append(rep)
+        stacked = torch.stack(reps)  # [B, n] the block's labellings
+        sums = stacked.sum(dim=1)  # [B]
+        if exhaustive:  # round j changed nothing; later rounds change nothing
+            stop = sums == torch.cat([start, sums[:-1]])
+            n_out = (rep == ids).sum().expand(block)  # [B] the last round's count
+        else:  # round j's labelling is idempotent
+            stop = sums == stacked.gather(1, stacked).sum(dim=1)
+            n_out = (stacked == ids).sum(dim=1)  # [B]
+        read = torch.cat([stop.long(), n_out]).tolist()
+        if any(read[:block]):
+            j = read.index(1)
+            return reps[j], rounds + j + 1, int(read[block + j])
+        rounds += block
+        block = max(block // 2, 1) if rounds == first_check else 2 * block
 
 
 def aggregate(
-    gather: Callable[[Tensor], Tensor],
+    gather: Callable[[Tensor, list[int]], Tensor],
     weights: Tensor,
     rep: Tensor,
+    node_level: Tensor,
+    n_levels: int,
     *,
     acc_dtype: torch.dtype,
     out_dtype: torch.dtype,
     stepwise: bool = False,
+    unit_weights: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Average every group into its representative, in node order.
 
     Only the representatives' rows (into the output) and the other members' rows
-    (to be added) are gathered, once each.
+    (to be added) are gathered, once each. How many of each sit at each quadtree
+    level is read back from the device in one go; it sizes both gathers.
 
     Args:
         gather: Returns ``[n, C]`` node values (means, or sums for area
-            weighting) of the given node ids, in ``acc_dtype``, as a new tensor.
+            weighting) of the given node ids, in ``acc_dtype``, as a new tensor,
+            given how many of them sit at each level.
         weights: ``[Nn]`` divisor contribution of each node: 1 for plain means over
             the members, the node's patch count for area-weighted means.
         rep: ``[Nn]`` representative of each node.
+        node_level: ``[Nn]`` quadtree level of each node.
+        n_levels: Number of levels.
         acc_dtype: Accumulator dtype (the reference uses the model dtype).
         out_dtype: Output dtype.
         stepwise: Round the running sums to ``acc_dtype`` after every addition,
             as the reference does. ``index_add_`` on CPU does this with an int32
             index but, with an int64 index, accumulates in float32 and rounds once
             (more accurate, but 1-2 bfloat16 steps away from the reference).
+        unit_weights: Every weight is 1 (plain means), so groups of one need no
+            division. Dividing by 1 changes no bit either; this only saves a pass.
 
     Returns:
         ``[N', C]`` merged features and ``[N']`` ids of the representatives, both in
@@ -273,10 +338,15 @@ def aggregate(
     n = rep.shape[0]
     idx = torch.arange(n, device=rep.device)
     is_rep = rep == idx
-    keep = torch.nonzero(is_rep).squeeze(1)
-    out = gather(keep)  # [N', C]
-    others = torch.nonzero(~is_rep).squeeze(1)
-    if others.numel():
+    # [2 * L]: representatives per level, then the other members per level
+    tally = level_tally(node_level + n_levels * (~is_rep).long(), 2 * n_levels)
+    counts = tally.tolist()
+    keep_counts, other_counts = counts[:n_levels], counts[n_levels:]
+    n_keep = sum(keep_counts)
+    keep = compact(is_rep, n_keep)
+    out = gather(keep, keep_counts)  # [N', C]
+    if n_keep < n:
+        others = compact(~is_rep, n - n_keep)
         # A representative is its group's smallest id, so starting from its own
         # row and adding the other members in id order gives the reference's sums
         # (zeros + members in id order) without a zero-filled accumulator.
@@ -284,10 +354,9 @@ def aggregate(
         slot[keep] = torch.arange(keep.shape[0], device=rep.device)
         target = slot[rep[others]]
         index = target.to(torch.int32) if stepwise else target
-        out.index_add_(0, index, gather(others))
+        out.index_add_(0, index, gather(others, other_counts))
         denom = weights.clone().index_add_(0, rep[others], weights[others])[keep]
-    else:
-        denom = weights[keep]
-    if bool((denom != 1).any()):
         out.div_(denom[:, None])
+    elif not unit_weights:
+        out.div_(weights[keep][:, None])
     return out.to(out_dtype), keep
