@@ -334,7 +334,7 @@ def _recut(
     def at(j: int) -> tuple[Tensor, int, int]:
         nonlocal guess
         k = reach[j] + 1
-        out = label(prep, n, dst[:k], src[:k], guess)
+        out: tuple[Tensor, int, int] = label(prep, n, dst[:k], src[:k], guess)
         guess = out[1] if j < n_vals - 1 else None
         return out
 

@@ -325,19 +325,19 @@ def label(
 
     The host first reads the labelling after ``guess`` rounds; by default as many
     as the last cut of this video took (the search cuts one video many times,
-    with similar round counts), or, at the first cut, ``log2(T) + 1`` rounds
-    (pointer jumping needs about that many on chains of ``T`` frames): usually a
-    single read-back.
+    with similar round counts), or, at the first cut, ``log2(T) + 1`` rounds, two
+    more for full components (pointer jumping needs about that many on chains of
+    ``T`` frames): usually a single read-back.
     """
+    exhaustive = not prep.options.rules.early_stop
     if guess is None:
-        guess = prep.hints.get("rounds", prep.grid.shape[0].bit_length())
-    return propagate_count(
-        dst,
-        src,
-        n,
-        exhaustive=not prep.options.rules.early_stop,
-        first_check=guess,
+        # Full components take about two rounds more than the early stop.
+        first = prep.grid.shape[0].bit_length() + (2 if exhaustive else 0)
+        guess = prep.hints.get("rounds", first)
+    out: tuple[Tensor, int, int] = propagate_count(
+        dst, src, n, exhaustive=exhaustive, first_check=guess
     )
+    return out
 
 
 def group(

@@ -50,7 +50,7 @@ def candidate_pairs(part: Partition) -> tuple[Tensor, Tensor]:
     pair appears once, in raster order of its smaller node's top-left patch
     (:attr:`Partition.pair_index`).
     """
-    t, h, w = part.node.shape
+    _, h, w = part.node.shape
     at = part.pair_index
     flat = part.node.reshape(-1)  # [T*H*W]
     return flat[at], flat[at + h * w]
@@ -79,27 +79,32 @@ def pair_keys(part: Partition, lattice: Lattice) -> Tensor:
     return keys
 
 
-def key_offsets(lattice: Lattice, t_len: int) -> Tensor:
-    """Return ``[L, L]`` the first key of each level pair ``(la, lb)``.
+def _key_starts(lattice: Lattice, t_len: int) -> list[int]:
+    """Return the first key of each level pair ``(la, lb)``, row-major, and the end.
 
     The keys of pair ``(la, lb)`` are ``[T-1, h_f, w_f]`` raster indices at the
     finer level ``f = max(la, lb)``, after the blocks of the earlier level pairs.
+    Plain integers: the sizes are known on the host.
     """
     n_lv = lattice.n_levels
-    counts = [
-        (t_len - 1) * lattice.sizes[max(la, lb)][0] * lattice.sizes[max(la, lb)][1]
-        for la in range(n_lv)
-        for lb in range(n_lv)
-    ]
-    starts = [sum(counts[:i]) for i in range(len(counts))]
+    starts = [0]
+    for la in range(n_lv):
+        for lb in range(n_lv):
+            h, w = lattice.sizes[max(la, lb)]
+            starts.append(starts[-1] + (t_len - 1) * h * w)
+    return starts
+
+
+def key_offsets(lattice: Lattice, t_len: int) -> Tensor:
+    """Return ``[L, L]`` the first key of each level pair ``(la, lb)``."""
+    n_lv = lattice.n_levels
+    starts = _key_starts(lattice, t_len)[:-1]
     return torch.tensor(starts, dtype=torch.long).reshape(n_lv, n_lv)
 
 
 def n_pair_keys(lattice: Lattice, t_len: int) -> int:
     """Number of distinct keys :func:`pair_keys` can return."""
-    h, w = lattice.sizes[-1]
-    last: int = int(key_offsets(lattice, t_len)[-1, -1])
-    return int(last + (t_len - 1) * h * w)
+    return _key_starts(lattice, t_len)[-1]
 
 
 def finest_pair_cosines(grid: Tensor, head_dim: int | None) -> Tensor:
