@@ -140,23 +140,21 @@ def pair_cosines(
     """Return ``[P]`` float32 cosines of node pairs, normalised as the reference does.
 
     Each vector is divided by ``norm + 1e-8``. Pairs are taken in cache-sized
-    chunks and only nodes near their own are gathered, so no ``[Nn, C]`` copy of
-    the node features is made. Everything that sizes the chunks' gathers is read
-    back from the device at once, before the first chunk.
+    chunks and only their own nodes are gathered and normalised, once per chunk
+    however many of its pairs they are in, so no ``[Nn, C]`` copy of the node
+    features is made.
 
-    Pairs join consecutive frames and come in frame order, and node ids are
-    frame-major, so a chunk's nodes mostly fill the id range between its lowest
-    and highest end: such a chunk gathers and normalises that range once (each
-    node once, however many pairs it is in). A chunk whose range is more than
-    twice its pair ends (scattered pairs, as the search's cache misses can be)
-    gathers its two ends per pair instead. Either way every cosine is the same
-    per-row arithmetic on the same rows.
+    The distinct nodes of every chunk are found at once, by one sort of
+    ``(chunk, node)`` keys, and how many of them sit at each quadtree level is
+    read back in one go before the first chunk: that sizes every gather, so the
+    chunks themselves read nothing back (a per-chunk ``unique`` would read back
+    its size each time).
 
     Args:
         levels: Level features, root first.
         lattice: The levels' geometry.
         part: The partition the node ids refer to.
-        dst: ``[P]`` first node of each pair (in an earlier frame than ``src``).
+        dst: ``[P]`` first node of each pair.
         src: ``[P]`` second node of each pair.
         head_dim: Per-head similarity width, or None.
         dtype: Dtype of the node features (the levels' working dtype).
@@ -168,48 +166,31 @@ def pair_cosines(
         return out
     step = chunk_rows(levels[-1].shape[-1], 2)
     n_chunks = -(-n_pairs // step)
-    n_lv = len(levels)
-    node_level = part.level.reshape(-1)[part.tl_index]  # [Nn]
+    n_lv, n_nodes = len(levels), part.n_nodes
     chunk = torch.arange(n_pairs, device=dev) // step  # [P]
-    first = torch.full((n_chunks,), part.n_nodes, dtype=torch.long, device=dev)
-    first.scatter_reduce_(0, chunk, torch.minimum(dst, src), reduce="amin")
-    last = torch.zeros(n_chunks, dtype=torch.long, device=dev)
-    last.scatter_reduce_(0, chunk, torch.maximum(dst, src), reduce="amax")
-    # [Nn + 1, L] nodes per level below each id, for the per-range level counts
-    below = torch.zeros(part.n_nodes + 1, n_lv, dtype=torch.long, device=dev)
-    below[1:] = torch.nn.functional.one_hot(node_level, n_lv).cumsum(0)
-    in_range = below[last + 1] - below[first]  # [chunks, L]
-    ends_a = level_tally(chunk * n_lv + node_level[dst], n_chunks * n_lv)
-    ends_b = level_tally(chunk * n_lv + node_level[src], n_chunks * n_lv)
-    # [chunks, 2 + 3L]: range, level counts in it, of the dst ends, of the src ends
-    table = torch.cat(
-        [
-            first[:, None],
-            last[:, None],
-            in_range,
-            ends_a.reshape(n_chunks, n_lv),
-            ends_b.reshape(n_chunks, n_lv),
-        ],
-        dim=1,
-    ).tolist()
-    for k, row in enumerate(table):
+    key = torch.cat([chunk, chunk]) * n_nodes + torch.cat([dst, src])  # [2P]
+    keys, perm = torch.sort(key)
+    first = torch.ones_like(keys, dtype=torch.bool)  # [2P] first of its key
+    first[1:] = keys[1:] != keys[:-1]
+    slot = torch.cumsum(first, 0) - 1  # [2P] index among the distinct keys
+    inverse = torch.empty_like(slot).scatter_(0, perm, slot)  # [2P] per end
+    node = keys % n_nodes
+    level = part.level.reshape(-1)[part.tl_index[node]]
+    bins = torch.where(first, (keys // n_nodes) * n_lv + level, n_chunks * n_lv)
+    # [chunks, L] distinct nodes of each chunk at each level
+    table = level_tally(bins, n_chunks * n_lv + 1)[:-1].reshape(n_chunks, n_lv)
+    counts = table.tolist()
+    need = node[compact(first, sum(map(sum, counts)))]  # chunk by chunk, sorted
+    start = 0
+    for k, row in enumerate(counts):
         lo, hi = k * step, min((k + 1) * step, n_pairs)
-        a, b = dst[lo:hi], src[lo:hi]
-        start, stop = row[0], row[1] + 1
-        if stop - start <= 2 * (hi - lo):
-            ids = torch.arange(start, stop, device=dev)
-            counts = row[2 : 2 + n_lv]
-            feats = node_features(levels, lattice, part, dtype, ids, counts)
-            u = unit(feats, head_dim, temporal=True, owned=True)  # [range, C]
-            prod = u.index_select(0, a - start)
-            prod.mul_(u.index_select(0, b - start))
-        else:
-            counts_a, counts_b = row[2 + n_lv : 2 + 2 * n_lv], row[2 + 2 * n_lv :]
-            feats = node_features(levels, lattice, part, dtype, a, counts_a)
-            prod = unit(feats, head_dim, temporal=True, owned=True)
-            feats = node_features(levels, lattice, part, dtype, b, counts_b)
-            prod.mul_(unit(feats, head_dim, temporal=True, owned=True))
+        stop = start + sum(row)
+        feats = node_features(levels, lattice, part, dtype, need[start:stop], row)
+        u = unit(feats, head_dim, temporal=True, owned=True)  # [m, C]
+        prod = u.index_select(0, inverse[lo:hi] - start)
+        prod.mul_(u.index_select(0, inverse[n_pairs + lo : n_pairs + hi] - start))
         out[lo:hi] = head_dot(prod, head_dim)
+        start = stop
     return out
 
 
