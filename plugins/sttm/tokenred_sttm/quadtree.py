@@ -354,6 +354,9 @@ def stop_scores(
         reach: Largest ``tau_s`` the scores must serve, or None for all.
         known: Scores from an earlier call with a smaller ``reach``; only the
             parents they leave unscored and the walk now reaches are scored.
+
+    The root level is scored in full without reading the device; each level
+    below reads back once which of its parents the walk reaches.
     """
     t = levels[0].shape[0]
     dev = levels[0].device
@@ -361,20 +364,38 @@ def stop_scores(
     alive: Tensor | None = None  # [T, h, w] parents the walk reaches
     for lvl in range(len(levels) - 1):
         h, w = lattice.sizes[lvl]
-        if known is None:
-            score = torch.full((t, h, w), math.nan, device=dev)
+        if alive is None:  # the root: the walk reaches every parent
+            if known is None:
+                idx = torch.arange(t * h * w, device=dev)
+                score = score_parents(
+                    levels[lvl],
+                    levels[lvl + 1],
+                    idx,
+                    head_dim,
+                    read_missing=read_missing,
+                ).reshape(t, h, w)
+            else:  # scored in full by the first call
+                score = known[lvl]
         else:
-            score = known[lvl].clone()
-        todo = torch.isnan(score)
-        if alive is not None:
-            todo &= alive
-        idx = torch.nonzero(todo.reshape(-1)).squeeze(1)
-        if idx.numel():
-            score.view(-1)[idx] = score_parents(
-                levels[lvl], levels[lvl + 1], idx, head_dim, read_missing=read_missing
-            )
+            if known is None:
+                score = torch.full((t, h, w), math.nan, device=dev)
+            else:
+                score = known[lvl].clone()
+            todo = torch.isnan(score) & alive
+            idx = torch.nonzero(todo.reshape(-1)).squeeze(1)  # one read-back
+            if idx.numel():
+                score.view(-1)[idx] = score_parents(
+                    levels[lvl],
+                    levels[lvl + 1],
+                    idx,
+                    head_dim,
+                    read_missing=read_missing,
+                )
         scores.append(score)
-        go_on = score < reach if reach is not None else torch.ones_like(todo)
+        if reach is not None:
+            go_on = score < reach
+        else:
+            go_on = torch.ones((t, h, w), dtype=torch.bool, device=dev)
         if alive is not None:
             go_on &= alive
         hc, wc = lattice.sizes[lvl + 1]
