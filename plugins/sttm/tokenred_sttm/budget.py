@@ -360,7 +360,7 @@ def _recut(
         if best[2] > budget:
             return None
     rep, rounds, n_out = best
-    return rep, float(ordered[ends[high]]), rounds, n_out
+    return rep, float(ordered[reach[high]]), rounds, n_out
 
 
 def _detach(
