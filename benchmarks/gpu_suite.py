@@ -352,6 +352,27 @@ class _SyncProneOps(TorchDispatchMode):
 
 
 @contextmanager
+def _counting_tolist(hits: list[Any]) -> Iterator[None]:
+    """Record ``Tensor.tolist`` calls, which read a CPU tensor without an aten op.
+
+    On CUDA ``tolist`` copies the tensor to the host and waits for it (one sync
+    however many values it reads), so the proxy counts each call once.
+    """
+    original = torch.Tensor.tolist
+
+    def tolist(self: torch.Tensor) -> Any:
+        filename, lineno = _caller()
+        hits.append(_Hit(filename, lineno, f"aten.tolist ({_SYNC_TEXT} on CUDA)"))
+        return original(self)
+
+    torch.Tensor.tolist = tolist  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        torch.Tensor.tolist = original  # type: ignore[method-assign]
+
+
+@contextmanager
 def count_syncs(method: str | None) -> Iterator[tuple[list[Any], SyncLog]]:
     """Record the host-device synchronisations of the body.
 
@@ -360,9 +381,10 @@ def count_syncs(method: str | None) -> Iterator[tuple[list[Any], SyncLog]]:
     line). ``"cpu_proxy"``: on CPU nothing synchronises, so the aten ops that would
     on CUDA (scalar reads, ``nonzero``, boolean-mask indexing, ``unique``,
     ``equal``, ``repeat_interleave`` without ``output_size``) are recorded with a
-    dispatch mode. Reads that dispatch no op on a CPU tensor (``tolist``,
-    ``numpy``, ``cpu``) and host-to-device copies cannot be seen this way, so the
-    proxy is a lower bound. ``None``: off.
+    dispatch mode, and ``Tensor.tolist`` calls (which dispatch no op on CPU) by a
+    temporary wrapper. Other reads that dispatch no op on a CPU tensor (``numpy``,
+    ``cpu``) and host-to-device copies cannot be seen, so the proxy is a lower
+    bound. ``None``: off.
     Yields the raw record list (the reducer phase marks its slice of it) and the
     log filled on exit.
     """
@@ -372,7 +394,7 @@ def count_syncs(method: str | None) -> Iterator[tuple[list[Any], SyncLog]]:
         return
     if method == "cpu_proxy":
         hits: list[Any] = []
-        with _SyncProneOps(hits):
+        with _SyncProneOps(hits), _counting_tolist(hits):
             yield hits, log
         caught: list[Any] = hits
     else:

@@ -110,13 +110,16 @@ def test_reduced_rows_carry_speedups_flops_memory_and_syncs(
     # The unreduced prefill has no sync-prone op; random's CPU draw has none either.
     assert base["syncs"]["prefill"] == 0 and base["syncs"]["reducer"] is None
     assert rows[("random", "in_llm", 0.5)]["syncs"]["reducer"] == 0
-    # Regression guard (CPU proxy, a lower bound): outside STTM, which is being
-    # rewritten, a reduction costs at most the output count and the framework's
-    # is_original check; the engine around it (validation, splicing) adds none.
+    # Regression guard (CPU proxy): outside STTM a reduction costs at most the
+    # output count and the framework's is_original check (dycoke_ttm's count holds
+    # a .tolist() of a host-side plan, which the proxy cannot tell from a device
+    # read); the engine around it adds one read-back, the output validation's
+    # flags. STTM's default budget search reads back per probe, not per frame.
     for (name, _, _), row in rows.items():
-        if name not in {"none", "sttm"} and row["status"] == "ok":
-            assert row["syncs"]["reducer"] <= 2, (name, row["syncs"]["sites"])
-            assert row["syncs"]["prefill"] == row["syncs"]["reducer"]
+        if name != "none" and row["status"] == "ok":
+            limit = 100 if name == "sttm" else 2
+            assert row["syncs"]["reducer"] <= limit, (name, row["syncs"]["sites"])
+            assert row["syncs"]["prefill"] == row["syncs"]["reducer"] + 1
     assert base["flops_ideal_speedup"] == pytest.approx(1.0)
     for (name, stage, budget), row in rows.items():
         if name == "none" or row["status"] != "ok":

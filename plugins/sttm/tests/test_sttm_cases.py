@@ -13,8 +13,19 @@ from tokenred_sttm.merge import (
     sttm_merge,
     with_cache,
 )
-from tokenred_sttm.quadtree import build_lattice, level_sizes, node_features, partition
-from tokenred_sttm.temporal import candidate_pairs, pair_keys, propagate
+from tokenred_sttm.quadtree import (
+    build_lattice,
+    compact,
+    level_sizes,
+    node_features,
+    partition,
+)
+from tokenred_sttm.temporal import (
+    candidate_pairs,
+    pair_keys,
+    propagate,
+    propagate_count,
+)
 
 CPU = torch.device("cpu")
 
@@ -108,6 +119,54 @@ def test_propagation_follows_chains_to_the_earliest_frame() -> None:
     for exhaustive in (False, True):
         rep, _ = propagate(dst, src, 5, exhaustive=exhaustive)
         assert rep.tolist() == [0, 0, 0, 0, 4]
+
+
+def _propagate_per_round(
+    dst: torch.Tensor, src: torch.Tensor, n: int, exhaustive: bool
+) -> tuple[list[int], int]:
+    """The labelling tested after every round, as the reference loop does."""
+    rep = torch.arange(n)
+    rounds = 0
+    while True:
+        low = torch.minimum(rep[dst], rep[src])
+        nxt = rep.scatter_reduce(0, dst, low, reduce="amin")
+        nxt = nxt.scatter_reduce(0, src, low, reduce="amin")
+        nxt = nxt[nxt]
+        rounds += 1
+        done = torch.equal(nxt, rep) if exhaustive else torch.equal(nxt, nxt[nxt])
+        rep = nxt
+        if done:
+            return rep.tolist(), rounds
+
+
+@pytest.mark.parametrize("exhaustive", [False, True])
+def test_blockwise_propagation_equals_testing_every_round(exhaustive: bool) -> None:
+    # Random forests of chains and merges between "frames"; every block size must
+    # give the labelling, round count and group count of the per-round loop.
+    gen = torch.Generator().manual_seed(11)
+    for trial in range(30):
+        n = int(torch.randint(1, 60, (1,), generator=gen))
+        e = int(torch.randint(0, 3 * n, (1,), generator=gen))
+        a = torch.randint(0, n, (e,), generator=gen)
+        b = torch.randint(0, n, (e,), generator=gen)
+        dst, src = torch.minimum(a, b), torch.maximum(a, b)
+        want, rounds = _propagate_per_round(dst, src, n, exhaustive)
+        for first in (1, 2, 3, 5, 8, 40):
+            rep, got_rounds, n_out = propagate_count(
+                dst, src, n, exhaustive=exhaustive, first_check=first
+            )
+            assert rep.tolist() == want, (trial, first)
+            assert got_rounds == rounds, (trial, first)
+            assert n_out == sum(r == i for i, r in enumerate(want))
+
+
+def test_compact_equals_nonzero() -> None:
+    gen = torch.Generator().manual_seed(2)
+    for n in (0, 1, 7, 100):
+        for p in (0.0, 0.3, 1.0):
+            mask = torch.rand(n, generator=gen) < p
+            got = compact(mask, int(mask.sum()))
+            assert torch.equal(got, torch.nonzero(mask).squeeze(1))
 
 
 @pytest.mark.parametrize("tau_s", [0.5, 0.8, 0.9, 0.97])

@@ -119,3 +119,23 @@ def test_output_wrapping_equals_from_assignment() -> None:
     assert torch.equal(got.tokens.features, want.tokens.features)
     assert torch.equal(got.tokens.sizes, want.tokens.sizes)
     torch.testing.assert_close(got.tokens.coords, want.tokens.coords)
+
+
+@pytest.mark.parametrize("mode", ["reference", "fixed"])
+@pytest.mark.parametrize("budget_mode", ["threshold", "search"])
+def test_outputs_in_first_patch_order(mode: str, budget_mode: str) -> None:
+    # The reducer relies on this order instead of checking it at run time (a
+    # check would read the device): output k's earliest patch precedes output
+    # k+1's, after the fill's refinements too.
+    for seed, grid in enumerate([(4, 10, 18), (6, 7, 9), (5, 14, 14)]):
+        video = blocky_video(grid, seed=seed)
+        t, h, w, c = video.shape
+        tokens = VisualTokens.from_grid(video.reshape(-1, c), (t, h, w))
+        cfg = STTMConfig(mode=mode, budget_mode=budget_mode)  # type: ignore[arg-type]
+        for frac in (0.1, 0.3, 0.6, 0.9):
+            red = STTMReducer(cfg).reduce(tokens, _ctx(max(1, int(frac * tokens.n))))
+            if red.info["fallback"]:
+                continue
+            first = torch.full((red.n_out,), tokens.n, dtype=torch.long)
+            first.scatter_reduce_(0, red.assignment, torch.arange(tokens.n), "amin")
+            assert bool((first[1:] > first[:-1]).all()), (grid, frac)

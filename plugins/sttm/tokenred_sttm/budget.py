@@ -46,7 +46,7 @@ from tokenred_sttm.merge import (
     cut,
     evaluate,
     extend,
-    group,
+    label,
     may_pair,
     pair_similarities,
     prepare,
@@ -54,6 +54,7 @@ from tokenred_sttm.merge import (
 )
 from tokenred_sttm.modes import STTMMode
 from tokenred_sttm.quadtree import (
+    compact,
     count_nodes,
     head_dot,
     node_intervals,
@@ -278,10 +279,11 @@ def fill(
             return fits, 0, 0
         part, pairs = fits.part, fits.pairs
         rep, tau_t, rounds, tau_s = fits.rep, fits.tau_t, fits.rounds, fits.tau_s
+        n_out = fits.n_out
     else:
-        rep, tau_t, rounds = recut
-    rep, detached = _detach(rep, pairs, tau_t, budget)
-    n_out = int((rep == torch.arange(rep.shape[0], device=rep.device)).sum())
+        rep, tau_t, rounds, n_out = recut
+    rep, detached = _detach(rep, n_out, pairs, tau_t, budget)
+    n_out += detached
     return Evaluation(tau_s, tau_t, part, rep, rounds, n_out, pairs), detached, 0
 
 
@@ -302,58 +304,95 @@ def _breakpoints(low: Tensor, high: Tensor, start: float, stop: float) -> Tensor
 
 def _recut(
     prep: Prepared, n: int, pairs: tuple[Tensor, Tensor, Tensor], budget: int
-) -> tuple[Tensor, float, int] | None:
-    """Return ``(rep, tau_t, rounds)`` at the highest ``tau_t`` whose count fits.
+) -> tuple[Tensor, float, int, int] | None:
+    """Return ``(rep, tau_t, rounds, n_out)`` at the highest ``tau_t`` that fits.
 
     ``tau_t`` runs over the distinct pair cosines of at least ``TAU_T_FLOOR``; each
-    bisection step is one label propagation. None when all of them together still
-    exceed the budget.
+    bisection step is one label propagation. The pairs are sorted by cosine once,
+    so the edges at any of those values are a prefix of them, whose lengths are
+    read back together: a step then reads the device only for its count. None
+    when all of them together still exceed the budget.
     """
-    sims = pairs[2]
-    vals = torch.unique(sims[sims >= TAU_T_FLOOR]).flip(0)  # descending
+    dst, src, sims = pairs
     if n <= budget:
-        return torch.arange(n, device=sims.device), lambda_high(0.0), 0
-    if vals.numel() == 0:
+        return torch.arange(n, device=sims.device), lambda_high(0.0), 0, n
+    key = sims.nan_to_num(nan=-math.inf)  # a NaN cosine is never an edge
+    order = torch.sort(key, descending=True, stable=True).indices
+    ordered = key[order]  # [P] descending
+    # [P] whether a sorted pair is the last one of its cosine (and reaches the floor)
+    last = torch.ones_like(ordered, dtype=torch.bool)
+    last[:-1] = ordered[:-1] != ordered[1:]
+    last &= ordered >= TAU_T_FLOOR
+    n_vals = int(last.sum())
+    if n_vals == 0:
         return None
-    low, high = -1, vals.numel() - 1  # count(low) > budget, count(high) <= budget
-    rep, rounds, n_out = group(prep, n, pairs, float(vals[high]))
-    if n_out > budget:
-        return None
+    ends = compact(last, n_vals)  # [V] per distinct cosine, its last sorted pair
+    reach = ends.tolist()  # pairs at or above the j-th highest cosine, minus one
+    dst, src = dst[order], src[order]
+    guess = None  # each step first reads back after the rounds of the last
+
+    def at(j: int) -> tuple[Tensor, int, int]:
+        nonlocal guess
+        k = reach[j] + 1
+        out: tuple[Tensor, int, int] = label(prep, n, dst[:k], src[:k], guess)
+        guess = out[1] if j < n_vals - 1 else None
+        return out
+
+    low, high = -1, n_vals - 1  # count(low) > budget, count(high) <= budget
+    best = None
+    # Full connected components only merge further as edges are added, so when
+    # any step fits, all the edges together fit too: that labelling (the
+    # slowest, its chains are the longest) is then only needed if no step fits.
+    # The reference's early stop has no such guarantee, so it is tested first.
+    if prep.options.rules.early_stop:
+        best = at(high)
+        if best[2] > budget:
+            return None
     while high - low > 1:
         mid = (low + high) // 2
-        cand = group(prep, n, pairs, float(vals[mid]))
+        cand = at(mid)
         if cand[2] <= budget:
-            high, (rep, rounds, n_out) = mid, cand
+            high, best = mid, cand
         else:
             low = mid
-    return rep, float(vals[high]), rounds
+    if best is None:
+        best = at(high)
+        if best[2] > budget:
+            return None
+    rep, rounds, n_out = best
+    return rep, float(ordered[reach[high]]), rounds, n_out
 
 
 def _detach(
-    rep: Tensor, pairs: tuple[Tensor, Tensor, Tensor], tau_t: float, budget: int
+    rep: Tensor,
+    n_out: int,
+    pairs: tuple[Tensor, Tensor, Tensor],
+    tau_t: float,
+    budget: int,
 ) -> tuple[Tensor, int]:
     """Make group members their own tokens until there are ``budget`` groups.
 
     A representative is its group's smallest id and no member represents another,
     so each detached member adds exactly one token. Members go in order of their
-    strongest merge cosine (weakest first), ties by node id.
+    strongest merge cosine (weakest first), ties by node id. ``n_out`` is the
+    number of groups of ``rep``.
     """
     n = rep.shape[0]
     idx = torch.arange(n, device=rep.device)
-    members = torch.nonzero(rep != idx).squeeze(1)
-    want = budget - (n - members.shape[0])
-    if want <= 0 or members.numel() == 0:
+    want = budget - n_out
+    if want <= 0 or n_out == n:
         return rep, 0
+    members = compact(rep != idx, n - n_out)
     dst, src, sims = pairs
-    edge = sims >= tau_t
+    strong = torch.where(sims >= tau_t, sims, -math.inf)  # -inf: not an edge
     strength = torch.full((n,), -math.inf, device=rep.device)
-    strength.scatter_reduce_(0, dst[edge], sims[edge], reduce="amax")
-    strength.scatter_reduce_(0, src[edge], sims[edge], reduce="amax")
+    strength.scatter_reduce_(0, dst, strong, reduce="amax")
+    strength.scatter_reduce_(0, src, strong, reduce="amax")
     order = members[torch.sort(strength[members], stable=True).indices]
     chosen = order[:want]
     rep = rep.clone()
     rep[chosen] = chosen
-    return rep, int(chosen.shape[0])
+    return rep, min(want, n - n_out)
 
 
 def _spatial_fill(

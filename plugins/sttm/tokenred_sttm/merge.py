@@ -31,6 +31,7 @@ from tokenred_sttm.quadtree import (
     Partition,
     build_lattice,
     build_pyramid,
+    compact,
     node_features,
     partition,
     patch_scores,
@@ -43,7 +44,7 @@ from tokenred_sttm.temporal import (
     n_pair_keys,
     pair_cosines,
     pair_keys,
-    propagate,
+    propagate_count,
 )
 
 __all__ = [
@@ -102,6 +103,9 @@ class Prepared:
         reach: Largest ``tau_s`` the scores serve (None: any).
         cache: ``[K]`` float32 pair cosines by :func:`pair_keys` key, NaN where not
             yet computed, or None to compute each cut's cosines afresh.
+        hints: Host-side guesses carried between the cuts of one video (the
+            rounds the last labelling took, see :func:`group`); they only decide
+            when the host reads the device, never a result.
     """
 
     grid: Tensor
@@ -112,6 +116,7 @@ class Prepared:
     options: MergeOptions
     reach: float | None = None
     cache: Tensor | None = None
+    hints: dict[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def level_dtype(self) -> torch.dtype:
@@ -288,14 +293,17 @@ def pair_similarities(prep: Prepared, part: Partition) -> tuple[Tensor, Tensor, 
         return dst, src, sims
     keys = pair_keys(part, prep.lattice)
     sims = prep.cache[keys]
-    miss = torch.nonzero(torch.isnan(sims)).squeeze(1)
     start = _finest_block(prep)
-    finest_missing = int((keys[miss] >= start).sum())
+    missing = torch.isnan(sims)
+    counts = torch.stack([missing.sum(), (missing & (keys >= start)).sum()])
+    n_miss, finest_missing = counts.tolist()
     if 4 * finest_missing > prep.cache.shape[0] - start:
         prep.cache[start:] = finest_pair_cosines(prep.grid, opts.head_dim)
         sims = prep.cache[keys]
-        miss = torch.nonzero(torch.isnan(sims)).squeeze(1)
-    if miss.numel():
+        missing = torch.isnan(sims)
+        n_miss = int(missing.sum())
+    if n_miss:
+        miss = compact(missing, n_miss)
         fresh = pair_cosines(
             prep.levels,
             prep.lattice,
@@ -310,16 +318,41 @@ def pair_similarities(prep: Prepared, part: Partition) -> tuple[Tensor, Tensor, 
     return dst, src, sims
 
 
+def label(
+    prep: Prepared, n: int, dst: Tensor, src: Tensor, guess: int | None = None
+) -> tuple[Tensor, int, int]:
+    """Label ``n`` nodes along the edges ``dst -> src``: ``(rep, rounds, n_out)``.
+
+    The host first reads the labelling after ``guess`` rounds; by default as many
+    as the last cut of this video took (the search cuts one video many times,
+    with similar round counts), or, at the first cut, ``log2(T) + 1`` rounds, two
+    more for full components (pointer jumping needs about that many on chains of
+    ``T`` frames): usually a single read-back.
+    """
+    exhaustive = not prep.options.rules.early_stop
+    if guess is None:
+        # Full components take about two rounds more than the early stop.
+        first = prep.grid.shape[0].bit_length() + (2 if exhaustive else 0)
+        guess = prep.hints.get("rounds", first)
+    out: tuple[Tensor, int, int] = propagate_count(
+        dst, src, n, exhaustive=exhaustive, first_check=guess
+    )
+    return out
+
+
 def group(
     prep: Prepared, n: int, pairs: tuple[Tensor, Tensor, Tensor], tau_t: float
 ) -> tuple[Tensor, int, int]:
-    """Merge nodes whose pair cosine reaches ``tau_t``: ``(rep, rounds, n_out)``."""
+    """Merge nodes whose pair cosine reaches ``tau_t``: ``(rep, rounds, n_out)``.
+
+    The edge count is read back once and the edges compacted, so the rounds work
+    on the edges only (typically a third of the pairs).
+    """
     dst, src, sims = pairs
     edge = sims >= tau_t
-    rep, rounds = propagate(
-        dst[edge], src[edge], n, exhaustive=not prep.options.rules.early_stop
-    )
-    n_out = int((rep == torch.arange(n, device=rep.device)).sum())
+    at = compact(edge, int(edge.sum()))
+    rep, rounds, n_out = label(prep, n, dst[at], src[at])
+    prep.hints["rounds"] = rounds
     return rep, rounds, n_out
 
 
@@ -341,18 +374,23 @@ def finalize(prep: Prepared, ev: Evaluation) -> STTMResult:
     node_area = part.area.reshape(-1)[part.tl_index]
     weights = node_area if prep.options.weighted else torch.ones_like(node_area)
 
-    def gather(ids: Tensor) -> Tensor:
+    def gather(ids: Tensor, counts: list[int]) -> Tensor:
         dtype = prep.level_dtype
-        feats: Tensor = node_features(prep.levels, prep.lattice, part, dtype, ids)
+        feats: Tensor = node_features(
+            prep.levels, prep.lattice, part, dtype, ids, counts
+        )
         return feats
 
     feats, keep = aggregate(
         gather,
         weights,
         ev.rep,
+        part.level.reshape(-1)[part.tl_index],
+        prep.lattice.n_levels,
         acc_dtype=prep.level_dtype,
         out_dtype=prep.grid.dtype,
         stepwise=prep.options.rules.model_dtype,
+        unit_weights=not prep.options.weighted,
     )
     out_index = torch.full_like(ev.rep, -1)
     out_index[keep] = torch.arange(keep.shape[0], device=keep.device)

@@ -354,6 +354,9 @@ def stop_scores(
         reach: Largest ``tau_s`` the scores must serve, or None for all.
         known: Scores from an earlier call with a smaller ``reach``; only the
             parents they leave unscored and the walk now reaches are scored.
+
+    The root level is scored in full without reading the device; each level
+    below reads back once which of its parents the walk reaches.
     """
     t = levels[0].shape[0]
     dev = levels[0].device
@@ -361,20 +364,38 @@ def stop_scores(
     alive: Tensor | None = None  # [T, h, w] parents the walk reaches
     for lvl in range(len(levels) - 1):
         h, w = lattice.sizes[lvl]
-        if known is None:
-            score = torch.full((t, h, w), math.nan, device=dev)
+        if alive is None:  # the root: the walk reaches every parent
+            if known is None:
+                idx = torch.arange(t * h * w, device=dev)
+                score = score_parents(
+                    levels[lvl],
+                    levels[lvl + 1],
+                    idx,
+                    head_dim,
+                    read_missing=read_missing,
+                ).reshape(t, h, w)
+            else:  # scored in full by the first call
+                score = known[lvl]
         else:
-            score = known[lvl].clone()
-        todo = torch.isnan(score)
-        if alive is not None:
-            todo &= alive
-        idx = torch.nonzero(todo.reshape(-1)).squeeze(1)
-        if idx.numel():
-            score.view(-1)[idx] = score_parents(
-                levels[lvl], levels[lvl + 1], idx, head_dim, read_missing=read_missing
-            )
+            if known is None:
+                score = torch.full((t, h, w), math.nan, device=dev)
+            else:
+                score = known[lvl].clone()
+            todo = torch.isnan(score) & alive
+            idx = torch.nonzero(todo.reshape(-1)).squeeze(1)  # one read-back
+            if idx.numel():
+                score.view(-1)[idx] = score_parents(
+                    levels[lvl],
+                    levels[lvl + 1],
+                    idx,
+                    head_dim,
+                    read_missing=read_missing,
+                )
         scores.append(score)
-        go_on = score < reach if reach is not None else torch.ones_like(todo)
+        if reach is not None:
+            go_on = score < reach
+        else:
+            go_on = torch.ones((t, h, w), dtype=torch.bool, device=dev)
         if alive is not None:
             go_on &= alive
         hc, wc = lattice.sizes[lvl + 1]
@@ -409,6 +430,9 @@ class Partition:
         area: ``[T, H, W]`` patch count of the patch's node.
         tl_index: ``[Nn]`` flat patch index of each node's top-left corner.
         tlbr: ``[Nn, 5]`` each node's ``(t, y0, x0, y1, x1)`` in patch units.
+        pair_index: ``[P]`` flat index into ``[T-1, H, W]`` of the patches where
+            the nested pairs of consecutive frames are read (see
+            :func:`pair_patches`), in raster order.
     """
 
     node: Tensor
@@ -417,6 +441,7 @@ class Partition:
     area: Tensor
     tl_index: Tensor
     tlbr: Tensor
+    pair_index: Tensor
 
     @property
     def n_nodes(self) -> int:
@@ -450,10 +475,36 @@ def partition(pscores: Tensor, lattice: Lattice, tau_s: float) -> Partition:
     return partition_at(stop_levels(pscores, lattice.n_levels, tau_s), lattice)
 
 
+def compact(mask: Tensor, size: int) -> Tensor:
+    """Return the indices of the ``True`` entries of ``mask [N]``, in order.
+
+    ``size`` is their number, known on the host, so unlike ``nonzero`` nothing is
+    read back from the device: each entry goes to its rank among the ``True`` ones
+    (a cumulative sum), the others to a spare slot that is dropped.
+    """
+    n = mask.shape[0]
+    rank = torch.cumsum(mask, 0) - 1
+    slot = torch.where(mask, rank, size)
+    out = torch.empty(size + 1, dtype=torch.long, device=mask.device)
+    out.scatter_(0, slot, torch.arange(n, device=mask.device))
+    return out[:size]
+
+
+def pair_patches(area: Tensor, is_tl: Tensor) -> Tensor:
+    """Return ``[T-1, H, W]``: the patches where a nested pair is read.
+
+    A pair of frames ``t`` and ``t+1`` is read at the top-left patch of its smaller
+    node (either one when the regions are equal), so each pair appears once.
+    """
+    return torch.where(area[:-1] >= area[1:], is_tl[1:], is_tl[:-1])
+
+
 def partition_at(lvl: Tensor, lattice: Lattice) -> Partition:
     """Build the partition whose patches are kept at levels ``lvl [T, H, W]``.
 
     ``lvl`` must be constant over each node it names (as :func:`stop_levels` is).
+    The node and pair counts are read back from the device together, once: they
+    size everything after the cut.
     """
     t, h, w = lvl.shape
     dev = lvl.device
@@ -462,11 +513,15 @@ def partition_at(lvl: Tensor, lattice: Lattice) -> Partition:
     y0, y1 = lattice.start_y[lvl, yy], lattice.end_y[lvl, yy]
     x0, x1 = lattice.start_x[lvl, xx], lattice.end_x[lvl, xx]
     is_tl = (y0 == yy) & (x0 == xx)
+    area = (y1 - y0) * (x1 - x0)
+    at_pair = pair_patches(area, is_tl).reshape(-1)  # [(T-1)*H*W]
+    flat_tl = is_tl.reshape(-1)
+    n_nodes, n_pairs = torch.stack([flat_tl.sum(), at_pair.sum()]).tolist()
     tt = torch.arange(t, device=dev)[:, None, None]
     tl_flat = ((tt * h + y0) * w + x0).reshape(-1)  # [T*H*W]
-    ids = torch.cumsum(is_tl.reshape(-1), 0) - 1
+    ids = torch.cumsum(flat_tl, 0) - 1
     node = ids[tl_flat].reshape(t, h, w)
-    tl_index = torch.nonzero(is_tl.reshape(-1)).squeeze(1)
+    tl_index = compact(flat_tl, n_nodes)
     tlbr = torch.stack(
         [
             tl_index // (h * w),
@@ -477,8 +532,18 @@ def partition_at(lvl: Tensor, lattice: Lattice) -> Partition:
         ],
         dim=1,
     )
-    area = (y1 - y0) * (x1 - x0)
-    return Partition(node, lvl, is_tl, area, tl_index, tlbr)
+    pair_index = compact(at_pair, n_pairs)
+    return Partition(node, lvl, is_tl, area, tl_index, tlbr, pair_index)
+
+
+def level_tally(keys: Tensor, n_bins: int) -> Tensor:
+    """Return ``[n_bins]`` how often each key occurs, without a read-back.
+
+    ``torch.bincount`` reads the largest key back to size its result on CUDA; the
+    number of bins is known here, so a scatter into zeros does the same work.
+    """
+    out = torch.zeros(n_bins, dtype=torch.long, device=keys.device)
+    return out.index_add_(0, keys, torch.ones_like(keys))
 
 
 def node_features(
@@ -487,16 +552,31 @@ def node_features(
     part: Partition,
     dtype: torch.dtype,
     ids: Tensor | None = None,
+    counts: list[int] | None = None,
 ) -> Tensor:
-    """Return ``[n, C]`` the level feature of nodes ``ids`` (default: all, in order)."""
+    """Return ``[n, C]`` the level feature of nodes ``ids`` (default: all, in order).
+
+    The nodes are grouped by level with a stable sort, each level's rows gathered
+    in cache-sized pieces. ``counts`` (how many of ``ids`` sit at each level)
+    sizes the groups; callers that read it back together with other values pass
+    it, else it is read back here, once.
+    """
     c = levels[-1].shape[-1]
     tl = part.tl_index if ids is None else part.tl_index[ids]
     box = part.tlbr if ids is None else part.tlbr[ids]
     lvl = part.level.reshape(-1)[tl]
     t, y0, x0 = box[:, 0], box[:, 1], box[:, 2]
     out = levels[-1].new_empty(tl.shape[0], c, dtype=dtype)
+    if len(levels) == 1:
+        order, counts = torch.arange(tl.shape[0], device=tl.device), [tl.shape[0]]
+    else:
+        if counts is None:
+            counts = level_tally(lvl, len(levels)).tolist()
+        order = torch.sort(lvl, stable=True).indices  # by level, then position
+    start = 0
     for i, feats in enumerate(levels):
-        sel = torch.nonzero(lvl == i).squeeze(1)
+        sel = order[start : start + counts[i]]
+        start += counts[i]
         if sel.numel() == 0:
             continue
         h, w = feats.shape[1], feats.shape[2]

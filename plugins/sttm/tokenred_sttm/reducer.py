@@ -310,19 +310,14 @@ def _reduction(
 ) -> Reduction:
     """Wrap STTM's output, already in output order, without copying the features.
 
-    STTM numbers its outputs by their representatives' ``(t, y0, x0)``, which is the
-    order of their earliest patches, i.e. the order :meth:`Reduction.from_assignment`
-    would produce; that method would copy the features to reorder them. Checked here
-    (one pass); any other order goes through ``from_assignment``.
+    STTM numbers its outputs by their representatives' ids, which follow the
+    raster order of the nodes' top-left patches; a representative is its group's
+    smallest id, so its top-left patch is the group's earliest patch. That is the
+    order :meth:`Reduction.from_assignment` would produce (and copy the features
+    to reach), so it holds by construction and is not checked here (a check would
+    read the device); ``test_outputs_in_first_patch_order`` tests it.
     """
     n_out = features.shape[0]
-    first = torch.full((n_out,), tokens.n, dtype=torch.long, device=assignment.device)
-    ids = torch.arange(tokens.n, device=assignment.device)
-    first.scatter_reduce_(0, assignment, ids, reduce="amin")
-    if n_out > 1 and not bool((first[1:] > first[:-1]).all()):
-        return Reduction.from_assignment(
-            tokens, assignment, features=features, info=info
-        )
     sizes_in = tokens.sizes
     sizes = torch.zeros(n_out, dtype=torch.float32, device=tokens.device)
     sizes.index_add_(0, assignment, sizes_in)
