@@ -134,14 +134,6 @@ def question_targets(
         )
         cells = cells & mine
     shapes = np.full(labels.shape, IGNORE, np.int64)
-    if task.startswith("needle"):
-        # Under causal attention the brief object's own tokens cannot know that it
-        # vanishes; only later tokens can. Its cells in the next frame (its
-        # footprint) are the one place where "an answer colour was here and is
-        # gone" shows, which tells it from the order objects that appear later.
-        foot = np.zeros_like(cells)
-        foot[1:] = cells[:-1]
-        cells = cells | foot
     if task.startswith("needle") or task == "direction":
         own = cells if task == "direction" else labels == COLOR_IDS[state["color"]]
         shapes[own] = SHAPES.index(str(state["shape"]))
