@@ -108,8 +108,9 @@ def sprite_cells(
     # A cell [e, e + cell) overlaps the sprite's box [x0, x0 + size).
     cols = (edges[None] < x0 + sprite.size) & (edges[None] + cell > x0)  # [T, g]
     rows = (edges[None] < y0 + sprite.size) & (edges[None] + cell > y0)  # [T, g]
-    out = rows[:, :, None] & cols[:, None, :]  # [T, g, g]
-    return out & sprite.visible[indices][:, None, None]
+    shown = np.asarray(sprite.visible[indices])[:, None, None]  # [T, 1, 1]
+    out: np.ndarray = rows[:, :, None] & cols[:, None, :] & shown  # [T, g, g]
+    return out
 
 
 def question_targets(
