@@ -12,11 +12,14 @@ import pytest
 import torch
 
 import train_tiny
+from demo_model.composite import build_pool, composite_config
+from demo_model.grounding import COLOR_IDS
 from demo_model.tasks import epoch_indices
 from demo_model.trainer import Trainer
-from demo_model.training import TrainConfig, train
+from demo_model.training import TrainConfig, composite_split, train
 from tokenred.adapter import AdapterConfig
 from tokenred.adapters.tiny import TinyAdapter, assets_dir
+from tokenred.builtin.synthetic_render import SHAPES
 from tokenred.data import Sample
 
 
@@ -99,3 +102,88 @@ def test_training_script_rejects_a_bad_task_list_in_one_line(
         train_tiny.parse(["--task-weights", "count=two"])
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "task_weights: 'count=two' must be task=k" in err
+
+
+def test_training_script_rejects_a_bad_composite_k_in_one_line(
+    capsys: Any,
+) -> None:
+    with pytest.raises(SystemExit):
+        train_tiny.parse(["--composite-k", "2,6"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "composite_k: '6' must be an integer in 2..5" in err
+    with pytest.raises(SystemExit):
+        train_tiny.parse(["--composite-fraction", "0.5"])  # no composite videos
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "composite_fraction > 0 needs composite_videos > 0" in err
+
+
+def test_composite_targets_name_each_questions_own_object(tmp_path: Path) -> None:
+    """Five-question clips: every question has cells, the two movers' are apart.
+
+    The two movers share a colour, so only the rebuilt scene tells their tokens
+    apart; each direction question's cells lie on its colour and get its shape.
+    """
+    cfg = TrainConfig(data_root=str(tmp_path / "data"), cache_dir=str(tmp_path))
+    pool = composite_split(cfg, "train", 5, 2)
+    assert len(pool.samples) == 10 and len(pool.frames) == 2
+    assert pool.video.tolist() == [0] * 5 + [1] * 5
+    assert pool.cells.reshape(10, -1).any(1).all()
+    for v in range(2):
+        movers = [
+            i
+            for i in range(5 * v, 5 * v + 5)
+            if pool.samples[i].meta["task"] == "direction"
+        ]
+        assert len(movers) == 2
+        a, b = (pool.cells[i] for i in movers)
+        assert (a & b).sum() < min(a.sum(), b.sum()) / 4
+        for i in movers:
+            state = pool.samples[i].meta["state"]
+            mine = pool.cells[i]
+            assert (pool.labels[v][mine] == COLOR_IDS[state["color"]]).all()
+            assert (pool.probes[i][..., 2][mine] == SHAPES.index(state["shape"])).all()
+    # The rebuilt scene is checked against the annotation.
+    wrong = [
+        Sample(
+            s.id,
+            s.video_id,
+            s.video,
+            s.question,
+            s.options,
+            s.answer,
+            s.prompt,
+            {**s.meta, "state": {}},
+        )
+        for s in pool.samples[:5]
+    ]
+    data = composite_config("train", 5, 2, str(tmp_path / "data" / "k5"))
+    with pytest.raises(ValueError, match="does not match its annotation"):
+        build_pool(data, wrong, pool.frames[:1], pool.labels[:1], np.arange(16) * 2)
+
+
+def test_second_stage_starts_from_weights_and_evaluates_composite_clips(
+    tmp_path: Path,
+) -> None:
+    """``--init-from`` loads trained weights; composite questions join the batch."""
+    cfg = TrainConfig(
+        steps=1,
+        batch=2,
+        eval_every=1,
+        train_videos=4,
+        val_videos=4,
+        threads=1,
+        init_from=str(assets_dir()),
+        composite_videos=1,
+        composite_k="2",
+        composite_fraction=0.5,
+        composite_val_videos=1,
+        lr=0.0,
+        data_root=str(tmp_path / "data"),
+        cache_dir=str(tmp_path),
+        out=str(tmp_path / "out"),
+    )
+    log = train(cfg)
+    assert log["evals"][-1]["composite"]["n"] == 5
+    # lr 0: the saved weights are the ones it started from.
+    shipped = (assets_dir() / "model.safetensors").read_bytes()
+    assert (tmp_path / "out" / "model.safetensors").read_bytes() == shipped

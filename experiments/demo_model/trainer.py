@@ -50,6 +50,8 @@ class Trainer:
         self.end_id = int(tok.convert_tokens_to_ids("<|im_end|>"))
         self.pad_id = int(tok.pad_token_id)
         self.colour_ids = [int(tok.convert_tokens_to_ids(w)) for w in ("none", *COLORS)]
+        named = (*COLORS, *SHAPES)
+        self.object_ids = {int(tok.convert_tokens_to_ids(w)) for w in named}
         self.visual_hidden: Tensor | None = None
         self.probe_layer = probe_layer
         self.probe_hidden: Tensor | None = None
@@ -200,6 +202,29 @@ class Trainer:
         va = self.answer_attn[heads.video_layer][:, index]  # [B, H', K]
         lv = attention_loss(va, dist, len(self.before))
         return lq + lv
+
+    def object_loss(self, questions: Sequence[str], head: int = 1) -> Tensor:
+        """Layer-0 grounding of one more head on the words that name an object.
+
+        A composite clip holds several objects of the same colour group (the lamp
+        and the movers, say), and only the colour and shape words of the question
+        say which one it asks about; the grounded layer-0 head averages all the
+        question's words, where those two are diluted. This head reads only them
+        (questions without such words, like "Which object appears first?", add
+        nothing). Needs the last ``logits(..., ground=True)`` call.
+        """
+        if not self.answer_attn:
+            msg = "object_loss needs a logits(..., ground=True) call first"
+            raise RuntimeError(msg)
+        p = self.prefix_len
+        qa = self.answer_attn[0][:, head]  # [B, K]
+        target = torch.zeros_like(qa)
+        for i, (suffix, question) in enumerate(zip(self.suffixes, questions)):
+            lo, hi = question_span(suffix, self.adapter.tokenize(question))
+            hits = [k for k in range(lo, hi) if suffix[k] in self.object_ids]
+            for k in hits:
+                target[i, p + k] = 1.0 / len(hits)
+        return attention_loss(qa[:, None], target[:, None], 0)
 
     def evaluate(
         self, samples: list[Sample], frames: np.ndarray, batch: int = 16
