@@ -50,7 +50,6 @@ import os
 import sys
 import tempfile
 import time
-import traceback
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -61,7 +60,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+
+from tokenred.testing.host_reads import SYNC_TEXT, record_host_reads
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -270,121 +270,17 @@ class SyncLog:
     reducer_sites: Counter[str] = field(default_factory=Counter)
 
 
-_SYNC_TEXT = "synchronizing CUDA operation"
-
-
-# aten ops that make the host wait for the device on CUDA: a value read back
-# (item/int/bool/float, equal), or an output size that depends on the data.
-_SYNC_OPS = frozenset(
-    {
-        "aten._local_scalar_dense",
-        "aten.item",  # seen instead of the above under inference_mode
-        "aten.is_nonzero",  # bool(tensor) under inference_mode
-        "aten.allclose",
-        "aten.nonzero",
-        "aten.nonzero_numpy",
-        "aten.argwhere",
-        "aten.masked_select",
-        "aten._unique",
-        "aten._unique2",
-        "aten.unique_dim",
-        "aten.unique_consecutive",
-        "aten.equal",
-    }
-)
-_MASK_INDEX_OPS = frozenset({"aten.index", "aten.index_put", "aten.index_put_"})
-
-
-@dataclass
-class _Hit:
-    """A sync-prone op seen on CPU, shaped like a caught warning."""
-
-    filename: str
-    lineno: int
-    message: str
-
-
-def _sync_prone(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
-    name = str(func.overloadpacket)
-    if name in _SYNC_OPS:
-        return True
-    if name == "aten.repeat_interleave":
-        # Tensor repeats size the output from their values; an int does not.
-        return func._overloadname != "self_int" and kwargs.get("output_size") is None
-    if name in _MASK_INDEX_OPS and len(args) > 1:
-        # Boolean-mask indexing runs a nonzero to size its output.
-        return any(
-            isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8)
-            for i in (args[1] or ())
-        )
-    return False
-
-
-def _caller() -> tuple[str, int]:
-    """Return the innermost frame outside torch and this script."""
-    skip = (str(Path(torch.__file__).parent), str(Path(__file__).resolve()))
-    for frame in reversed(traceback.extract_stack()):
-        if not frame.filename.startswith(skip):
-            return frame.filename, frame.lineno or 0
-    return "?", 0
-
-
-class _SyncProneOps(TorchDispatchMode):
-    """Record aten ops that would synchronise on CUDA (the CPU proxy)."""
-
-    def __init__(self, hits: list[Any]) -> None:
-        super().__init__()
-        self.hits = hits
-
-    def __torch_dispatch__(
-        self,
-        func: Any,
-        types: Any,
-        args: tuple[Any, ...] = (),
-        kwargs: dict[str, Any] | None = None,
-    ) -> Any:
-        kwargs = kwargs or {}
-        if _sync_prone(func, args, kwargs):
-            filename, lineno = _caller()
-            text = f"{func.overloadpacket} ({_SYNC_TEXT} on CUDA)"
-            self.hits.append(_Hit(filename, lineno, text))
-        return func(*args, **kwargs)
-
-
-@contextmanager
-def _counting_tolist(hits: list[Any]) -> Iterator[None]:
-    """Record ``Tensor.tolist`` calls, which read a CPU tensor without an aten op.
-
-    On CUDA ``tolist`` copies the tensor to the host and waits for it (one sync
-    however many values it reads), so the proxy counts each call once.
-    """
-    original = torch.Tensor.tolist
-
-    def tolist(self: torch.Tensor) -> Any:
-        filename, lineno = _caller()
-        hits.append(_Hit(filename, lineno, f"aten.tolist ({_SYNC_TEXT} on CUDA)"))
-        return original(self)
-
-    torch.Tensor.tolist = tolist  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        torch.Tensor.tolist = original  # type: ignore[method-assign]
-
-
 @contextmanager
 def count_syncs(method: str | None) -> Iterator[tuple[list[Any], SyncLog]]:
     """Record the host-device synchronisations of the body.
 
     ``"cuda"``: every synchronising CUDA call, via ``set_sync_debug_mode("warn")``
     (PyTorch warns once per call; ``simplefilter("always")`` keeps repeats at one
-    line). ``"cpu_proxy"``: on CPU nothing synchronises, so the aten ops that would
-    on CUDA (scalar reads, ``nonzero``, boolean-mask indexing, ``unique``,
-    ``equal``, ``repeat_interleave`` without ``output_size``) are recorded with a
-    dispatch mode, and ``Tensor.tolist`` calls (which dispatch no op on CPU) by a
-    temporary wrapper. Other reads that dispatch no op on a CPU tensor (``numpy``,
-    ``cpu``) and host-to-device copies cannot be seen, so the proxy is a lower
-    bound. ``None``: off.
+    line). ``"cpu_proxy"``: on CPU nothing synchronises, so the ops that would on
+    CUDA are recorded by :func:`tokenred.testing.host_reads.record_host_reads`
+    (scalar reads, ``nonzero``, boolean-mask indexing, ``unique``, ``equal``,
+    ``repeat_interleave`` without ``output_size``, ``Tensor.tolist``); it is a
+    lower bound. ``None``: off.
     Yields the raw record list (the reducer phase marks its slice of it) and the
     log filled on exit.
     """
@@ -393,8 +289,7 @@ def count_syncs(method: str | None) -> Iterator[tuple[list[Any], SyncLog]]:
         yield [], log
         return
     if method == "cpu_proxy":
-        hits: list[Any] = []
-        with _SyncProneOps(hits), _counting_tolist(hits):
+        with record_host_reads(skip=[str(Path(__file__).resolve())]) as hits:
             yield hits, log
         caught: list[Any] = hits
     else:
@@ -406,7 +301,7 @@ def count_syncs(method: str | None) -> Iterator[tuple[list[Any], SyncLog]]:
                 yield caught, log
             finally:
                 torch.cuda.set_sync_debug_mode(previous)
-    found = [w for w in caught if _SYNC_TEXT in str(w.message)]
+    found = [w for w in caught if SYNC_TEXT in str(w.message)]
     log.total = len(found)
     log.sites.update(f"{_short(w.filename)}:{w.lineno}" for w in found)
 
@@ -439,7 +334,7 @@ class _ReducerMarks:
         with inner:
             yield
         if phase == "reducer":
-            hits = [w for w in self.caught[start:] if _SYNC_TEXT in str(w.message)]
+            hits = [w for w in self.caught[start:] if SYNC_TEXT in str(w.message)]
             self.log.reducer += len(hits)
             self.log.reducer_sites.update(
                 f"{_short(w.filename)}:{w.lineno}" for w in hits

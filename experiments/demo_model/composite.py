@@ -21,20 +21,19 @@ the annotation).
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from demo_model.grounding import COLOR_IDS, IGNORE, relevant_cells
-from tokenred.builtin.synthetic import SyntheticConfig, SyntheticDataset
-from tokenred.builtin.synthetic_render import COLORS, SHAPES, Scene, SceneBuilder
+from tokenred.builtin.synthetic import (
+    SyntheticConfig,
+    SyntheticDataset,
+    composite_scene,
+)
+from tokenred.builtin.synthetic_render import COLORS, SHAPES, Scene
 from tokenred.data import Sample
-
-LAYOUT_TRIES = 50
-"""Layout attempts of the generator (``synthetic._LAYOUT_TRIES``); a rebuilt scene
-that fails to match its annotation raises instead of training on wrong targets."""
 
 
 @dataclass
@@ -66,26 +65,10 @@ class Pool:
 def rebuild_scene(cfg: SyntheticConfig, split: str, index: int) -> Scene:
     """Rebuild the composite scene of video ``index`` as the generator laid it out.
 
-    Mirrors :func:`tokenred.builtin.synthetic.make_video`: the same plan and the
-    same seeded layout attempts, so the sprites are those of the rendered clip.
+    :func:`tokenred.builtin.synthetic.composite_scene` is what the generator
+    renders, so the sprites are those of the clip.
     """
-    from tokenred.builtin.synthetic import _plan_many
-
-    k = cfg.questions_per_video
-    plan = _plan_many(cfg.seed, split, index, k)
-    tasks, answers = [t for t, _ in plan], [a for _, a in plan]
-    for attempt in range(LAYOUT_TRIES):
-        seq = [cfg.seed, zlib.crc32(split.encode()), index, k, attempt]
-        builder = SceneBuilder(
-            np.random.default_rng(seq), cfg.source_frames, cfg.slots, cfg.size
-        )
-        try:
-            scene, _ = builder.build_many(tasks, answers)
-        except RuntimeError:
-            continue
-        return scene
-    msg = f"composite: video {index} of {split} has no layout"
-    raise ValueError(msg)
+    return composite_scene(cfg, split, index)[0]
 
 
 def sprite_cells(

@@ -44,6 +44,8 @@ from tokenred.builtin.synthetic_render import (
     QUESTIONS,
     SHAPES,
     TASKS,
+    Question,
+    Scene,
     SceneBuilder,
     render,
 )
@@ -282,25 +284,7 @@ def make_video(
     if k == 1:
         record, frames = make_sample(cfg, split, index)
         return [record], frames
-    plan = _plan_many(cfg.seed, split, index, k)
-    tasks, answers = [t for t, _ in plan], [a for _, a in plan]
-    for attempt in range(_LAYOUT_TRIES):
-        # A crowded random layout can leave no room for the last object: lay the
-        # scene out again from the next seeded stream (still deterministic).
-        seq = [cfg.seed, zlib.crc32(split.encode()), index, k, attempt]
-        builder = SceneBuilder(
-            np.random.default_rng(seq), cfg.source_frames, cfg.slots, cfg.size
-        )
-        try:
-            scene, questions = builder.build_many(tasks, answers)
-            break
-        except RuntimeError:
-            if attempt == _LAYOUT_TRIES - 1:
-                msg = (
-                    f"synthetic: {k} questions' objects do not fit a {cfg.size}px "
-                    "frame; raise data.size or lower data.questions_per_video"
-                )
-                raise ConfigError(msg) from None
+    scene, questions = composite_scene(cfg, split, index)
     frames = render(scene, cfg.source_frames, cfg.size)
     vid = f"synth-{split}-{index:05d}"
     records = [
@@ -319,6 +303,39 @@ def make_video(
         for j, q in enumerate(questions)
     ]
     return records, frames
+
+
+def composite_scene(
+    cfg: SyntheticConfig, split: str, index: int
+) -> tuple[Scene, list[Question]]:
+    """Lay out the scene of composite video ``index`` and its questions.
+
+    Deterministic: the plan and each layout attempt are seeded from ``(seed,
+    split, index, K, attempt)``, so the demo model's trainer can rebuild the
+    sprites of a rendered clip (their positions are not in the annotation).
+
+    Raises:
+        ConfigError: No attempt fits the K questions' objects into the frame.
+    """
+    k = cfg.questions_per_video
+    plan = _plan_many(cfg.seed, split, index, k)
+    tasks, answers = [t for t, _ in plan], [a for _, a in plan]
+    for attempt in range(_LAYOUT_TRIES):
+        # A crowded random layout can leave no room for the last object: lay the
+        # scene out again from the next seeded stream (still deterministic).
+        seq = [cfg.seed, zlib.crc32(split.encode()), index, k, attempt]
+        builder = SceneBuilder(
+            np.random.default_rng(seq), cfg.source_frames, cfg.slots, cfg.size
+        )
+        try:
+            return builder.build_many(tasks, answers)
+        except RuntimeError:
+            continue
+    msg = (
+        f"synthetic: {k} questions' objects do not fit a {cfg.size}px frame; "
+        "raise data.size or lower data.questions_per_video"
+    )
+    raise ConfigError(msg)
 
 
 def make_sample(

@@ -25,6 +25,7 @@ import torch
 
 from tokenred.testing.cases import Case, make_context, make_tokens
 from tokenred.testing.checks import CHECKS, Check, CheckFailure, ReducerLike
+from tokenred.testing.host_reads import HostRead, record_host_reads
 
 if TYPE_CHECKING:
     from tokenred.registry import Registries
@@ -34,12 +35,14 @@ __all__ = [
     "Case",
     "CheckFailure",
     "CheckResult",
+    "HostRead",
     "check_reducer",
     "check_rows",
     "checks_table",
     "make_context",
     "make_tokens",
     "parametrize_with_checks",
+    "record_host_reads",
 ]
 
 

@@ -2,78 +2,20 @@
 
 On CUDA every read-back (``.item()``, ``.tolist()``, ``nonzero``, boolean-mask
 indexing, ``unique``, ...) makes the host wait for the device. These tests count
-the aten ops that would on CPU (as ``benchmarks/gpu_suite.py``'s CPU proxy does)
-and check that the count does not grow with the number of frames.
+the ops that would, on CPU (:func:`tokenred.testing.record_host_reads`, the proxy
+``benchmarks/gpu_suite.py`` uses too), and check that the count does not grow with
+the number of frames.
 """
 
 from __future__ import annotations
-
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
 
 import pytest
 import torch
 from sttm_inputs import blocky_video
 from tokenred_sttm.reducer import STTMConfig, STTMReducer
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from tokenred import ReduceContext, VisualTokens
-
-_READS = {
-    "aten._local_scalar_dense",
-    "aten.item",
-    "aten.is_nonzero",
-    "aten.nonzero",
-    "aten.masked_select",
-    "aten._unique",
-    "aten._unique2",
-    "aten.unique_dim",
-    "aten.unique_consecutive",
-    "aten.equal",
-}
-
-
-class _Reads(TorchDispatchMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(
-        self,
-        func: Any,
-        types: Any,
-        args: tuple[Any, ...] = (),
-        kwargs: dict[str, Any] | None = None,
-    ) -> Any:
-        name = str(func.overloadpacket)
-        if name in _READS:
-            self.count += 1
-        elif name in ("aten.index", "aten.index_put", "aten.index_put_"):
-            indices = args[1] if len(args) > 1 else ()
-            if any(
-                isinstance(i, torch.Tensor) and i.dtype == torch.bool
-                for i in indices or ()
-            ):
-                self.count += 1
-        return func(*args, **(kwargs or {}))
-
-
-@contextmanager
-def _counting() -> Iterator[_Reads]:
-    reads = _Reads()
-    original = torch.Tensor.tolist
-
-    def tolist(self: torch.Tensor) -> Any:
-        reads.count += 1
-        return original(self)
-
-    torch.Tensor.tolist = tolist  # type: ignore[method-assign]
-    try:
-        with reads:
-            yield reads
-    finally:
-        torch.Tensor.tolist = original  # type: ignore[method-assign]
+from tokenred.testing import record_host_reads
 
 
 def _reads(frames: int, cfg: STTMConfig, frac: float) -> tuple[int, dict[str, float]]:
@@ -82,9 +24,9 @@ def _reads(frames: int, cfg: STTMConfig, frac: float) -> tuple[int, dict[str, fl
     budget = max(1, int(frac * tokens.n))
     ctx = ReduceContext(budget=budget, generator=torch.Generator())
     reducer = STTMReducer(cfg)
-    with _counting() as reads:
+    with record_host_reads() as reads:
         red = reducer.reduce(tokens, ctx)
-    return reads.count, red.info
+    return len(reads), red.info
 
 
 def _label_blocks(rounds: int, first: int) -> int:
