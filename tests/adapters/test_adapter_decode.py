@@ -76,6 +76,26 @@ def test_cached_decode_equals_no_cache_recompute(
             )
 
 
+def _answer_equals_full_prefill(
+    adapter: Any,
+    prefix: Any,
+    video: Any,
+    prompt: str,
+    plan: ReductionPlan,
+    family: str,
+) -> Any:
+    """Answer ``prompt`` from ``prefix`` and assert it equals its full prefill."""
+    reused = adapter.answer(prefix, prompt, max_new_tokens=4)
+    full = adapter.generate(video, prompt, plan, max_new_tokens=4)
+    name = f"{family}/{plan.reducer.name}/{full.prefill.stats.policy}"
+    diff = (reused.prefill.logits - full.prefill.logits).abs().max().item()
+    assert diff < 2e-5, f"{name}: logits from the prefix differ by {diff}"
+    assert reused.token_ids == full.token_ids, f"{name}: answers differ"
+    assert reused.prefill.stats.schedule == full.prefill.stats.schedule
+    assert reused.prefill.stats.n_visual_out == full.prefill.stats.n_visual_out
+    return reused
+
+
 @pytest.mark.parametrize("stage", STAGES, ids=STAGE_IDS)
 @pytest.mark.parametrize("family", FAMILIES)
 def test_prefix_cache_answers_equal_full_prefill(
@@ -91,14 +111,7 @@ def test_prefix_cache_answers_equal_full_prefill(
         assert lengths[:k] == [prefix.prefill.stats.prompt_len] * k
         assert set(lengths[k:]) == {prefix.prefill.stats.schedule[-1]}
         for prompt in (PROMPT, OTHER_PROMPT, PROMPT):
-            reused = adapter.answer(prefix, prompt, max_new_tokens=4)
-            full = adapter.generate(video, prompt, plan, max_new_tokens=4)
-            name = f"{family}/{reducer.name}/{full.prefill.stats.policy}"
-            diff = (reused.prefill.logits - full.prefill.logits).abs().max().item()
-            assert diff < 2e-5, f"{name}: reused prefix logits differ by {diff}"
-            assert reused.token_ids == full.token_ids, f"{name}: answers differ"
-            assert reused.prefill.stats.schedule == full.prefill.stats.schedule
-            assert reused.prefill.stats.n_visual_out == full.prefill.stats.n_visual_out
+            _answer_equals_full_prefill(adapter, prefix, video, prompt, plan, family)
         assert cache_lengths(prefix.prefill.decoding.cache) == lengths, "prefix mutated"
         assert prefix.answers == 3
 
@@ -134,13 +147,9 @@ def test_prefix_holds_the_prompt_text_its_questions_share(
         grown = [b + n for b in bare.prefill.stats.schedule]
         assert prefix.prefill.stats.schedule == grown
         for prompt, after in zip(SHARED_PROMPTS, afters, strict=True):
-            reused = adapter.answer(prefix, prompt, max_new_tokens=4)
-            full = adapter.generate(video, prompt, plan, max_new_tokens=4)
-            name = f"{family}/{reducer.name}/{full.prefill.stats.policy}"
-            diff = (reused.prefill.logits - full.prefill.logits).abs().max().item()
-            assert diff < 2e-5, f"{name}: shared-prefix logits differ by {diff}"
-            assert reused.token_ids == full.token_ids, f"{name}: answers differ"
-            assert reused.prefill.stats.schedule == full.prefill.stats.schedule
+            reused = _answer_equals_full_prefill(
+                adapter, prefix, video, prompt, plan, family
+            )
             own = reused.prefill.stats.schedule[0] - prefix.prefill.stats.schedule[0]
             assert own == len(after) - n
         with pytest.raises(CompatibilityError, match="does not extend"):
