@@ -134,12 +134,13 @@ def test_tutorial_runs_literally(tmp_path: Path) -> None:
         if any(word in command for word in COMPARED):
             assert_shown_lines_appear(command, shown, actual)
         if "tokenred run -c" in command:
-            assert re.search(r"^\| mystride \| 30% \| 24 \| 0 \|", actual, re.M), actual
+            row = r"^\| mystride \(K=1\) \| 30% \| 24 \| 0 \|"  # in the LLM at K=1
+            assert re.search(row, actual, re.M), actual
     check = outputs[commands.index(".venv/bin/tokenred check mystride")]
     assert check.rstrip().endswith("15 passed, 0 failed"), check
     report = tmp_path / "tokenred" / "runs" / "compare_mystride" / "report"
     summary = (report / "summary.md").read_text(encoding="utf-8")
-    assert "| tiny | synthetic | mystride | 30% |" in summary
+    assert "| tiny | synthetic | mystride (K=1) | 30% |" in summary
 
 
 def test_tutorial_rename_yields_a_plugin_that_passes_the_contract(
