@@ -288,19 +288,7 @@ def make_video(
     frames = render(scene, cfg.source_frames, cfg.size)
     vid = f"synth-{split}-{index:05d}"
     records = [
-        {
-            "video_id": vid,
-            "question_id": f"{vid}-q{j}",
-            "video": f"videos/{split}/{vid}.mp4",
-            "question": q.question,
-            "options": q.options,
-            "answer": "ABCD"[q.answer],
-            "task_type": q.task,
-            "duration": "short",
-            "video_second": cfg.source_frames / cfg.fps,
-            "state": q.state,
-        }
-        for j, q in enumerate(questions)
+        _annotation(cfg, split, vid, f"{vid}-q{j}", q) for j, q in enumerate(questions)
     ]
     return records, frames
 
@@ -349,19 +337,29 @@ def make_sample(
     )
     frames = render(scene, cfg.source_frames, cfg.size)
     vid = f"synth-{split}-{index:05d}"
-    record = {
+    return _annotation(cfg, split, vid, vid, scene), frames
+
+
+def _annotation(
+    cfg: SyntheticConfig, split: str, vid: str, qid: str, item: Scene | Question
+) -> dict[str, Any]:
+    """Return the annotation record of one question about video ``vid``.
+
+    ``item`` is a one-question scene or one question of a composite scene; both
+    carry the question, options, answer, task and state the record needs.
+    """
+    return {
         "video_id": vid,
-        "question_id": vid,
+        "question_id": qid,
         "video": f"videos/{split}/{vid}.mp4",
-        "question": scene.question,
-        "options": scene.options,
-        "answer": "ABCD"[scene.answer],
-        "task_type": scene.task,
+        "question": item.question,
+        "options": item.options,
+        "answer": "ABCD"[item.answer],
+        "task_type": item.task,
         "duration": "short",
         "video_second": cfg.source_frames / cfg.fps,
-        "state": scene.state,
+        "state": item.state,
     }
-    return record, frames
 
 
 def ensure_split(root: Path, cfg: SyntheticConfig, split: str, n: int) -> Path:
