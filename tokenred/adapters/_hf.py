@@ -453,13 +453,14 @@ class HFVideoAdapter(ModelAdapter):
         if plan is not None:
             self.check_plan(plan, reuse=True)
         before, _ = self.prompt_ids("")
-        shared = self.shared_prompt_ids(prompts)
+        afters = [self.prompt_ids(p)[1] for p in prompts]
+        shared = _common_prefix(afters)
         # A FLOPs budget is a fraction of each answer's full prefill; the prefix's
         # one reduction serves them all, so it is resolved against the longest
         # prompt, the most restrictive (the incompressible text is the largest
         # share there): every answer lands at or below the budget.
         block = len(self._video_block(video)[0])
-        lengths = [len(before) + block + len(self.prompt_ids(p)[1]) for p in prompts]
+        lengths = [len(before) + block + len(a) for a in afters]
         state = run_prefill(
             self,
             video,
@@ -482,14 +483,7 @@ class HFVideoAdapter(ModelAdapter):
         its full prefill, so an answer from the prefix equals the full prefill's.
         Fewer than two prompts share nothing.
         """
-        if len(prompts) < 2:
-            return []
-        afters = [self.prompt_ids(p)[1] for p in prompts]
-        limit = min(len(a) for a in afters) - 1
-        n = 0
-        while n < limit and all(a[n] == afters[0][n] for a in afters):
-            n += 1
-        return afters[0][:n]
+        return _common_prefix([self.prompt_ids(p)[1] for p in prompts])
 
     def answer(
         self, prefix: PrefixCache, prompt: str, max_new_tokens: int | None = None
@@ -501,3 +495,17 @@ class HFVideoAdapter(ModelAdapter):
         """Prefill ``prompt`` after a copy of ``prefix``'s cache (decode it next)."""
         self._require_loaded()
         return prefill_from_prefix(self, prefix, prompt)
+
+
+def _common_prefix(afters: Sequence[list[int]]) -> list[int]:
+    """Longest common prefix of token lists, leaving each at least one token.
+
+    Fewer than two lists share nothing (one prompt is its own full prefill).
+    """
+    if len(afters) < 2:
+        return []
+    limit = min(len(a) for a in afters) - 1
+    n = 0
+    while n < limit and all(a[n] == afters[0][n] for a in afters):
+        n += 1
+    return afters[0][:n]
